@@ -1,0 +1,143 @@
+"""Certificates in, OCSP requests out: loading, issuer checks, URLs (pure)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
+
+from ocspstaple import der
+from ocspstaple.errors import InputError
+
+# Far larger than any real certificate chain; a bound so that a wrong path
+# (a log file, a device) is refused rather than read whole.
+MAX_PEM_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A certificate and the certificate of the CA that issued it."""
+
+    cert: x509.Certificate
+    issuer: x509.Certificate
+
+    @property
+    def serial_hex(self) -> str:
+        return format(self.cert.serial_number, "X")
+
+
+def read_pem_file(path: Path) -> list[x509.Certificate]:
+    """All certificates in a PEM file (other PEM blocks, such as keys, are skipped)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PEM_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(f"cannot read {path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"cannot read {path}: is a directory") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise InputError(f"{path} is larger than {MAX_PEM_BYTES} bytes; not a certificate file")
+    return parse_pem(data, name=str(path))
+
+
+def parse_pem(data: bytes, *, name: str) -> list[x509.Certificate]:
+    """Parse the CERTIFICATE blocks of PEM data."""
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise InputError(f"{name} holds no PEM certificate")
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise InputError(f"{name}: unparsable PEM certificate ({e})") from None
+    return certs
+
+
+def load_pair(cert_path: Path, issuer_path: Path | None) -> Pair:
+    """Load a certificate and its issuer; the issuer must have signed it.
+
+    Without ``issuer_path`` the issuer is the second certificate of
+    ``cert_path`` (a fullchain.pem or HAProxy's combined PEM).
+    """
+    chain = read_pem_file(cert_path)
+    cert = chain[0]
+    if issuer_path is not None:
+        issuer = read_pem_file(issuer_path)[0]
+    elif len(chain) > 1:
+        issuer = chain[1]
+    else:
+        raise InputError(f"{cert_path} holds no issuer certificate after the first; give --issuer")
+    check_issued_by(cert, issuer)
+    return Pair(cert=cert, issuer=issuer)
+
+
+def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
+    """Raise InputError unless ``issuer`` signed ``cert``."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"the issuer ({issuer.subject.rfc4514_string()}) did not sign this certificate: {e}") from None
+    except Exception as e:  # InvalidSignature carries no message
+        raise InputError(
+            f"the issuer ({issuer.subject.rfc4514_string()}) did not sign this certificate "
+            f"({type(e).__name__})"
+        ) from None
+
+
+def ocsp_urls(cert: x509.Certificate) -> list[str]:
+    """The OCSP responder URLs named in the certificate's AIA extension, in order."""
+    try:
+        aia = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_INFORMATION_ACCESS).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        d.access_location.value
+        for d in aia
+        if d.access_method == AuthorityInformationAccessOID.OCSP
+        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+    ]
+
+
+def build_request(pair: Pair) -> bytes:
+    """A DER OCSPRequest with a SHA-1 CertID and no nonce (RFC 5019 2.1.1).
+
+    HAProxy only matches SHA-1 CertIDs, and nonces defeat responder caching.
+    """
+    req = ocsp.OCSPRequestBuilder().add_certificate(pair.cert, pair.issuer, hashes.SHA1()).build()
+    return req.public_bytes(serialization.Encoding.DER)
+
+
+def issuer_hashes(issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
+    """(issuerNameHash, issuerKeyHash) of a CertID under ``algorithm`` (RFC 6960 4.1.1)."""
+    name = der.tbs_subject(issuer.tbs_certificate_bytes)
+    key = key_bits(issuer)
+    return _digest(algorithm, name), _digest(algorithm, key)
+
+
+def key_bits(cert: x509.Certificate) -> bytes:
+    """The certificate's subjectPublicKey BIT STRING contents."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der.spki_key_bits(spki)
+
+
+def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
+    h = hashes.Hash(algorithm)
+    h.update(data)
+    return h.finalize()
+
+
+def sha1(data: bytes) -> bytes:
+    return _digest(hashes.SHA1(), data)
+
+
+def describe(cert: x509.Certificate) -> str:
+    """A short human name of a certificate: its subject CN, or the whole subject."""
+    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if cns:
+        return str(cns[0].value)
+    return cert.subject.rfc4514_string() or f"serial {cert.serial_number:X}"

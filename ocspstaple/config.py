@@ -1,0 +1,210 @@
+"""Settings for each staple, from the command line or a TOML config file.
+
+A config file has an optional ``[defaults]`` table and one ``[staple.NAME]``
+table per certificate; command-line options override both.  Relative paths
+are relative to the config file's directory.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from ocspstaple.errors import ConfigError, InputError
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_REFRESH_AT = 0.5
+DEFAULT_VALIDITY = dt.timedelta(days=1)
+DEFAULT_LOCK_TIMEOUT = 60.0
+MAX_CONFIG_BYTES = 64 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Settings shared by every staple; None means "not given here"."""
+
+    timeout: float | None = None
+    proxy: str | None = None
+    refresh_at: float | None = None
+    default_validity: dt.timedelta | None = None
+    lock_timeout: float | None = None
+
+    def over(self, base: Options) -> Options:
+        """These options, with ``base`` filling in what is not given."""
+        return Options(**{
+            k: getattr(self, k) if getattr(self, k) is not None else getattr(base, k)
+            for k in self.__dataclass_fields__
+        })
+
+
+@dataclass(frozen=True, kw_only=True)
+class Staple:
+    """Everything needed to refresh one stapling file."""
+
+    name: str
+    cert: Path
+    issuer: Path | None = None
+    output: Path
+    urls: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    proxy: str | None = None
+    refresh_at: float = DEFAULT_REFRESH_AT
+    default_validity: dt.timedelta = DEFAULT_VALIDITY
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    force: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class BadEntry:
+    """A config table that could not be turned into a Staple."""
+
+    name: str
+    reason: str
+
+
+def staple_from_options(
+    *,
+    cert: Path,
+    issuer: Path | None,
+    output: Path | None,
+    url: str | None,
+    options: Options,
+    force: bool,
+) -> Staple:
+    """The single staple of ``refresh --cert ...``."""
+    base = Staple(name=str(cert), cert=cert, issuer=issuer,
+                  output=output if output is not None else Path(str(cert) + ".ocsp"),
+                  urls=(url,) if url else (), force=force)
+    return _with_options(base, options)
+
+
+def _with_options(st: Staple, options: Options) -> Staple:
+    given = {k: v for k, v in vars(options).items() if v is not None}
+    return replace(st, **given)
+
+
+def parse_duration(value: object, what: str) -> dt.timedelta:
+    """A duration: seconds as a number, or a string such as ``90s``, ``30m``, ``36h``, ``1d``."""
+    if isinstance(value, bool):
+        raise InputError(f"{what}: expected a duration, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+        if not m:
+            raise InputError(f"{what}: {value!r} is not a duration such as 90s, 30m, 36h or 1d")
+        seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    else:
+        raise InputError(f"{what}: expected a duration, got {value!r}")
+    if seconds <= 0:
+        raise InputError(f"{what}: must be positive")
+    return dt.timedelta(seconds=seconds)
+
+
+def check_fraction(value: float, what: str = "refresh-at") -> float:
+    if not 0.0 < value < 1.0:
+        raise InputError(f"{what} must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def check_timeout(value: float, what: str = "timeout") -> float:
+    if not 0.0 < value <= 3600:
+        raise InputError(f"{what} must be between 0 and 3600 seconds, got {value}")
+    return value
+
+
+# key -> (converter(value, where) -> converted)
+def _num(check: Any) -> Any:
+    def conv(v: object, where: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InputError(f"{where}: expected a number, got {v!r}")
+        return check(float(v), where)  # type: ignore[no-any-return]
+    return conv
+
+
+def _str(v: object, where: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise InputError(f"{where}: expected a non-empty string, got {v!r}")
+    return v
+
+
+_OPTION_KEYS: Mapping[str, Any] = {
+    "timeout": _num(check_timeout),
+    "proxy": _str,
+    "refresh_at": _num(check_fraction),
+    "default_validity": parse_duration,
+    "lock_timeout": _num(check_timeout),
+}
+_STAPLE_KEYS = {"cert", "issuer", "output", "url"}
+
+
+def load_config(path: Path, *, cli: Options, force: bool) -> list[Staple | BadEntry]:
+    """Read a TOML config; a broken file raises ConfigError, a broken staple
+    table becomes a BadEntry so that the others still run."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path}: {e}") from None
+    unknown = set(doc) - {"defaults", "staple"}
+    if unknown:
+        raise ConfigError(f"config {path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
+                          "(expected [defaults] and [staple.NAME] tables)")
+    defaults = doc.get("defaults", {})
+    staples = doc.get("staple", {})
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"config {path}: [defaults] must be a table")
+    if not isinstance(staples, dict) or not staples:
+        raise ConfigError(f"config {path}: no [staple.NAME] tables")
+    try:
+        file_defaults = _options(defaults, f"config {path} [defaults]", allowed=set())
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    root = path.parent
+    out: list[Staple | BadEntry] = []
+    for name, table in staples.items():
+        try:
+            out.append(_staple(name, table, root=root, cli=cli, defaults=file_defaults, force=force, where=f"[staple.{name}]"))
+        except InputError as e:
+            out.append(BadEntry(name=name, reason=str(e)))
+    return out
+
+
+def _options(table: Mapping[str, Any], where: str, *, allowed: set[str]) -> Options:
+    unknown = set(table) - set(_OPTION_KEYS) - allowed
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    return Options(**{k: conv(table[k], f"{where} {k}") for k, conv in _OPTION_KEYS.items() if k in table})
+
+
+def _staple(
+    name: str, table: object, *, root: Path, cli: Options, defaults: Options, force: bool, where: str
+) -> Staple:
+    if not isinstance(table, dict):
+        raise InputError(f"{where} must be a table")
+    opts = _options(table, where, allowed=_STAPLE_KEYS)
+    if "cert" not in table:
+        raise InputError(f"{where}: missing key cert")
+    cert = root / _str(table["cert"], f"{where} cert")
+    issuer = root / _str(table["issuer"], f"{where} issuer") if "issuer" in table else None
+    output = root / _str(table["output"], f"{where} output") if "output" in table else Path(str(cert) + ".ocsp")
+    url = table.get("url", [])
+    urls = [url] if isinstance(url, str) else url
+    if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
+        raise InputError(f"{where} url: expected a string or a list of strings")
+    # The command line wins over the staple's table, which wins over [defaults].
+    merged = cli.over(opts.over(defaults))
+    st = Staple(name=str(cert), cert=cert, issuer=issuer, output=output, urls=tuple(urls), force=force)
+    return _with_options(st, merged)
+

@@ -1,0 +1,34 @@
+"""The one exception hierarchy of ocspstaple.
+
+Every expected failure is an :class:`OcspstapleError`; its message is one line
+that completes "<certificate>: ..." in the log.
+"""
+from __future__ import annotations
+
+
+class OcspstapleError(Exception):
+    """Base of every expected failure."""
+
+
+class InputError(OcspstapleError):
+    """The certificate, the issuer, a URL or the configuration is unusable (exit 2)."""
+
+
+class ConfigError(InputError):
+    """The configuration file is unreadable or invalid."""
+
+
+class FetchError(OcspstapleError):
+    """The responder could not be reached or gave no OCSP response."""
+
+
+class ValidationError(OcspstapleError):
+    """An OCSP response was refused by the validator."""
+
+
+class StaleError(ValidationError):
+    """A valid response that is not fresher than the staple on disk."""
+
+
+class StoreError(OcspstapleError):
+    """The staple could not be read, locked or written."""

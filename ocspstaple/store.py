@@ -1,0 +1,169 @@
+"""The disk: read the current staple, lock it, replace it atomically.
+
+The replace follows python-atomicwrites: a temp file in the target's own
+directory, flush + fsync, the old file's mode and owner, ``os.replace``, then
+fsync of the directory.  On any failure the temp file is removed and the old
+file is untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from ocspstaple.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+# A staple is a few KiB; anything much larger on disk is not one of ours.
+MAX_STAPLE_BYTES = 1 << 20
+NEW_FILE_MODE = 0o644
+TEMP_SUFFIX = ".ocspstaple-tmp"
+
+
+class Store(Protocol):
+    """Where staples live; passed in so that the refresh logic owns no I/O."""
+
+    def read(self, path: Path) -> bytes | None: ...
+
+    def lock(self, path: Path, *, timeout: float) -> contextlib.AbstractContextManager[None]: ...
+
+    def write(self, path: Path, data: bytes) -> None: ...
+
+
+class FileStore:
+    """Staples as files on the local disk."""
+
+    def read(self, path: Path) -> bytes | None:
+        """The current staple's bytes, or None when there is none."""
+        return read_staple(path)
+
+    def lock(self, path: Path, *, timeout: float) -> contextlib.AbstractContextManager[None]:
+        return lock_output(path, timeout=timeout)
+
+    def write(self, path: Path, data: bytes) -> None:
+        atomic_write(path, data)
+
+
+def read_staple(path: Path) -> bytes | None:
+    """Bytes of the file at ``path``; None when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_STAPLE_BYTES)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise StoreError(f"output {path} is a directory") from None
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def lock_output(path: Path, *, timeout: float) -> Iterator[None]:
+    """Hold ``<output>.lock`` so that concurrent runs take turns on one staple."""
+    import filelock  # imported here: start-up time of `ocspstaple --help`
+
+    lock = filelock.FileLock(str(path) + ".lock", timeout=timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise StoreError(f"another run held {path}.lock for {timeout:g} s; gave up") from None
+    except OSError as e:
+        raise StoreError(f"cannot create {path}.lock: {e.strerror or e}") from None
+    try:
+        # Whoever holds the lock is the only writer, so a temp file found now
+        # was left by a run that died (kill -9, power loss) mid-write.
+        for stale in stale_temp_files(path):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+                log.info("%s: removed %s left by an interrupted run", path, stale.name)
+        yield
+    finally:
+        lock.release()
+
+
+def resolve_target(path: Path) -> Path:
+    """The file to replace: a symlink's final target (certbot's live/ style
+    links stay links), else ``path`` itself."""
+    if path.is_symlink():
+        return Path(os.path.realpath(path))
+    return path
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
+    target = resolve_target(path)
+    directory = target.parent
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    except OSError as e:
+        raise StoreError(f"cannot stat {target}: {e.strerror or e}") from None
+    if old is not None and stat.S_ISDIR(old.st_mode):
+        raise StoreError(f"output {target} is a directory")
+    try:
+        # mkstemp uses O_EXCL with a random name: a symlink planted in the
+        # directory is never followed.
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + target.name + ".", suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise StoreError(f"cannot create a temp file in {directory}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            # mkstemp makes 0600 files: a TLS server running as another user
+            # could not read the staple.
+            os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode) if old else NEW_FILE_MODE)
+            if old is not None:
+                _keep_owner(f.fileno(), old)
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise StoreError(f"cannot write {target}: {e.strerror or e}") from None
+        raise
+    _fsync_dir(directory)
+
+
+def _keep_owner(fd: int, old: os.stat_result) -> None:
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) == (old.st_uid, old.st_gid):
+        return
+    try:
+        os.fchown(fd, old.st_uid, old.st_gid)
+    except PermissionError:
+        # Not root: the new file keeps our owner, and the old mode.
+        log.debug("cannot keep owner %d:%d; not privileged", old.st_uid, old.st_gid)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        log.warning("%s: cannot open the directory to fsync it: %s", directory, e.strerror)
+        return
+    try:
+        os.fsync(dfd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            log.warning("%s: fsync of the directory failed: %s", directory, e.strerror)
+    finally:
+        os.close(dfd)
+
+
+def stale_temp_files(path: Path) -> list[Path]:
+    """Temp files a killed run may have left beside ``path``'s target."""
+    target = resolve_target(path)
+    return sorted(target.parent.glob("." + glob_escape(target.name) + ".*" + TEMP_SUFFIX))
+
+
+def glob_escape(name: str) -> str:
+    return "".join("[" + c + "]" if c in "*?[" else c for c in name)

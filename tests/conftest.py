@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from pki import CA, Issued, write_pem  # noqa: E402
+from responder import Responder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
+    """Run ``python -m ocspstaple ARGS`` as a real process."""
+    p = subprocess.run(
+        [sys.executable, "-m", "ocspstaple", *map(str, args)],
+        capture_output=True, text=True, env=env or clean_env(), timeout=timeout,
+    )
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture(scope="session")
+def ca() -> CA:
+    return CA.root()
+
+
+@pytest.fixture
+def responder(ca: CA):
+    leaf = ca.issue("www.example.test")  # replaced per test by `site`
+    with Responder(ca, leaf) as r:
+        yield r
+
+
+@dataclass
+class Site:
+    """A leaf certificate whose AIA points at the test responder, on disk."""
+
+    leaf: Issued
+    cert: Path  # fullchain: leaf + issuer
+    issuer: Path
+    output: Path
+
+
+@pytest.fixture
+def site(tmp_path: Path, ca: CA, responder: Responder) -> Site:
+    leaf = ca.issue("www.example.test", ocsp_urls=(responder.url,))
+    responder.leaf = leaf
+    cert = write_pem(tmp_path / "fullchain.pem", leaf, ca.cert)
+    issuer = write_pem(tmp_path / "issuer.pem", ca.cert)
+    return Site(leaf=leaf, cert=cert, issuer=issuer, output=tmp_path / "fullchain.pem.ocsp")
