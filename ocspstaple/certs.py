@@ -7,7 +7,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ocspstaple import der
 from ocspstaple.errors import InputError
@@ -51,8 +51,8 @@ def parse_pem(data: bytes, *, name: str) -> list[x509.Certificate]:
         raise InputError(f"{name} holds no PEM certificate")
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError as e:
-        raise InputError(f"{name}: unparsable PEM certificate ({e})") from None
+    except ValueError:
+        raise InputError(f"{name}: unparsable PEM certificate") from None
     return certs
 
 
@@ -90,9 +90,11 @@ def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
 def ocsp_urls(cert: x509.Certificate) -> list[str]:
     """The OCSP responder URLs named in the certificate's AIA extension, in order."""
     try:
-        aia = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_INFORMATION_ACCESS).value
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     except x509.ExtensionNotFound:
         return []
+    except ValueError:
+        raise InputError("the certificate's extensions are unparsable") from None
     return [
         d.access_location.value
         for d in aia

@@ -153,6 +153,10 @@ def _run(staples: list[Any]) -> int:
 
     try:
         outcomes = refresh_all(staples, network=network, clock=clock, store=FileStore())
+    except KeyboardInterrupt:
+        # Writes are atomic: whatever was interrupted left the staple as it was.
+        logging.getLogger("ocspstaple.cli").error("interrupted; staples not yet refreshed are left as they were")
+        return 130
     finally:
         for t in transports.values():
             t.close()

@@ -175,7 +175,8 @@ def load_config(path: Path, *, cli: Options, force: bool) -> list[Staple | BadEn
     out: list[Staple | BadEntry] = []
     for name, table in staples.items():
         try:
-            out.append(_staple(name, table, root=root, cli=cli, defaults=file_defaults, force=force, where=f"[staple.{name}]"))
+            out.append(_staple(name, table, root=root, cli=cli, defaults=file_defaults, force=force,
+                               where=f"[staple.{name}]"))
         except InputError as e:
             out.append(BadEntry(name=name, reason=str(e)))
     return out

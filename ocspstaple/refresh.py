@@ -161,8 +161,8 @@ def _refresh_locked(
     if disk.usable is not None and not st.force:
         due = disk.usable.refresh_due(st.refresh_at)
         if now < due:
-            return _kept(st, disk.usable, Result.FRESH,
-                         f"staple still fresh ({_describe(disk.usable)}); next refresh after {fmt_time(due)}")
+            about = "" if disk.usable.status is CertStatus.REVOKED else f" ({_describe(disk.usable)})"
+            return _kept(st, disk.usable, Result.FRESH, f"staple still fresh{about}; next refresh after {fmt_time(due)}")
 
     request = build_request(pair)
     transport = network(st.timeout, st.proxy)
@@ -187,8 +187,10 @@ def _refresh_locked(
         except StoreError as e:
             return _failed(st, str(e), disk)
         if new.status is CertStatus.REVOKED:
-            return Outcome(name=st.name, output=st.output, result=Result.REVOKED, staple=new, changed=True,
-                           message=f"certificate is REVOKED ({_describe(new)}); wrote the revoked staple to {st.output}")
+            return Outcome(
+                name=st.name, output=st.output, result=Result.REVOKED, staple=new, changed=True,
+                message=f"certificate is REVOKED ({_describe(new)}); wrote the revoked staple to {st.output}",
+            )
         return Outcome(name=st.name, output=st.output, result=Result.WRITTEN, staple=new, changed=True,
                        message=f"wrote {st.output} ({_describe(new)})")
     return _failed(st, "; ".join(failures), disk)

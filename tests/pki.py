@@ -126,7 +126,8 @@ class CA(Issued):
         if san and not is_ca:
             b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
         if is_ca:
-            b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            ca_usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+            b = b.add_extension(ca_usage, critical=True)
         if ocsp_urls:
             b = b.add_extension(
                 x509.AuthorityInformationAccess(
@@ -167,6 +168,7 @@ class CA(Issued):
         reason: x509.ReasonFlags | None = None,
         extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
         sign_hash: hashes.HashAlgorithm | None | str = "default",
+        produced_at: dt.datetime | None = None,
     ) -> bytes:
         """A signed BasicOCSPResponse (DER) about ``cert``.
 
@@ -205,7 +207,13 @@ class CA(Issued):
         for ext, critical in extensions:
             b = b.add_extension(ext, critical)
         alg = _hash_for(signer.key) if sign_hash == "default" else sign_hash
-        return b.sign(signer.key, alg).public_bytes(serialization.Encoding.DER)  # type: ignore[arg-type]
+        data = b.sign(signer.key, alg).public_bytes(serialization.Encoding.DER)  # type: ignore[arg-type]
+        if produced_at is not None:
+            # The builder stamps the real time; re-sign with the time asked for.
+            p = parts(data)
+            p["produced_at"] = tlv(0x18, produced_at.strftime("%Y%m%d%H%M%SZ").encode())
+            data = assemble(p, signer.key)
+        return data
 
 
 def unsuccessful(status: str) -> bytes:
@@ -232,3 +240,92 @@ def write_pem(path: Path, *items: Issued | x509.Certificate | bytes) -> Path:
             out += it.pem
     path.write_bytes(out)
     return path
+
+
+# -- hand-made DER, for responses cryptography's builder cannot make ----------
+
+def tlv(tag: int, content: bytes) -> bytes:
+    """One DER element."""
+    n = len(content)
+    if n < 0x80:
+        length = bytes([n])
+    else:
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        length = bytes([0x80 | len(raw)]) + raw
+    return bytes([tag]) + length + content
+
+
+def seq(*items: bytes) -> bytes:
+    return tlv(0x30, b"".join(items))
+
+
+def oid(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    body = bytes([40 * arcs[0] + arcs[1]])
+    for a in arcs[2:]:
+        chunk = [a & 0x7F]
+        a >>= 7
+        while a:
+            chunk.append(0x80 | (a & 0x7F))
+            a >>= 7
+        body += bytes(reversed(chunk))
+    return tlv(0x06, body)
+
+
+def ext(dotted: str, value: bytes, critical: bool) -> bytes:
+    return seq(oid(dotted), *( [tlv(0x01, b"\xff")] if critical else []), tlv(0x04, value))
+
+
+SHA256_ALG = seq(oid("2.16.840.1.101.3.4.2.1"), tlv(0x05, b""))
+PSS_SHA256 = seq(
+    oid("1.2.840.113549.1.1.10"),
+    seq(
+        tlv(0xA0, SHA256_ALG),
+        tlv(0xA1, seq(oid("1.2.840.113549.1.1.8"), SHA256_ALG)),
+        tlv(0xA2, tlv(0x02, b"\x20")),
+    ),
+)
+
+
+def parts(response_der: bytes) -> dict:
+    """Split a successful OCSPResponse into the pieces ``assemble`` takes."""
+    from ocspstaple import der
+
+    top = der.read_one(response_der)[0].children()
+    basic = der.read_one(top[1].children()[0].children()[1].value)[0].children()
+    tbs = basic[0].children()
+    version = [tbs[0].raw] if tbs[0].tag == 0xA0 else []
+    rest = tbs[len(version):]
+    return {
+        "version": version,
+        "responder_id": rest[0].raw,
+        "produced_at": rest[1].raw,
+        "singles": [s.raw for s in rest[2].children()],
+        "response_exts": [r.raw for r in rest[3:]],
+        "sig_alg": basic[1].raw,
+        "certs": [b.raw for b in basic[3:]],
+    }
+
+
+def assemble(p: dict, key, *, sig_alg: bytes | None = None, padding_=None, hash_alg=None) -> bytes:
+    """Re-sign ResponseData built from ``p`` with ``key`` and wrap it whole."""
+    tbs = seq(*p["version"], p["responder_id"], p["produced_at"], seq(*p["singles"]), *p["response_exts"])
+    alg = sig_alg or p["sig_alg"]
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        sig = key.sign(tbs)
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        sig = key.sign(tbs, ec.ECDSA(hash_alg or hashes.SHA256()))
+    else:
+        from cryptography.hazmat.primitives.asymmetric import padding as pad
+
+        sig = key.sign(tbs, padding_ or pad.PKCS1v15(), hash_alg or hashes.SHA256())
+    basic = seq(tbs, alg, tlv(0x03, b"\x00" + sig), *p["certs"])
+    return seq(tlv(0x0A, b"\x00"), tlv(0xA0, seq(oid("1.3.6.1.5.5.7.48.1.1"), tlv(0x04, basic))))
+
+
+def with_single_extension(single: bytes, extension: bytes) -> bytes:
+    """A SingleResponse with [1] singleExtensions added."""
+    from ocspstaple import der
+
+    fields = der.read_one(single)[0].children()
+    return seq(*[f.raw for f in fields if f.tag != 0xA1], tlv(0xA1, seq(extension)))

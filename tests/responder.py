@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from cryptography import x509
 from cryptography.x509 import ocsp
-
 from pki import CA, DAY, HOUR, Issued, unsuccessful
 
 
@@ -33,6 +31,7 @@ class Reply:
     close: bool = False  # close the connection without answering
     trickle: float = 0.0  # seconds between single body bytes
     huge: int = 0  # stream this many bytes of junk as the body
+    no_length: bool = False  # no Content-Length: the body ends when the connection closes
 
 
 @dataclass
@@ -138,9 +137,13 @@ class Responder:
         h.send_header("Content-Type", r.content_type)
         for k, v in r.headers.items():
             h.send_header(k, v)
+        if r.no_length:
+            h.send_header("Connection", "close")
+            h.close_connection = True
+        length = (lambda n: None) if r.no_length else (lambda n: h.send_header("Content-Length", str(n)))
         try:
             if r.huge:
-                h.send_header("Content-Length", str(r.huge))
+                length(r.huge)
                 h.end_headers()
                 chunk = b"\x30" * 65536
                 sent = 0
@@ -148,14 +151,14 @@ class Responder:
                     h.wfile.write(chunk)
                     sent += len(chunk)
             elif r.trickle:
-                h.send_header("Content-Length", str(len(r.body)))
+                length(len(r.body))
                 h.end_headers()
                 for b in r.body:
                     h.wfile.write(bytes([b]))
                     h.wfile.flush()
                     time.sleep(r.trickle)
             else:
-                h.send_header("Content-Length", str(len(r.body)))
+                length(len(r.body))
                 h.end_headers()
                 h.wfile.write(r.body)
         except (BrokenPipeError, ConnectionResetError):
@@ -199,6 +202,7 @@ FAULTS: dict[str, Callable[[Responder], bytes | Reply]] = {
     "slow": lambda r: Reply(r.good(), delay=4.0),
     "trickle": lambda r: Reply(r.good(), trickle=0.2),
     "huge": lambda r: Reply(huge=200 * 1024 * 1024),
+    "huge_unannounced": lambda r: Reply(huge=200 * 1024 * 1024, no_length=True),
     "expired": lambda r: r.good(this_update=_now() - 5 * DAY, next_update=_now() - HOUR),
     "future": lambda r: r.good(this_update=_now() + DAY, next_update=_now() + 5 * DAY),
     "other_serial": _other_serial,

@@ -1,0 +1,143 @@
+"""Atomic replacement and locking on real files; each test checks the whole directory."""
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from ocspstaple.errors import StoreError
+from ocspstaple.store import TEMP_SUFFIX, atomic_write, lock_output, read_staple
+
+
+def listing(d) -> set[str]:
+    return {p.name for p in d.iterdir()}
+
+
+def test_new_file_is_0644_and_alone(tmp_path):
+    out = tmp_path / "site.der"
+    atomic_write(out, b"staple")
+    assert out.read_bytes() == b"staple"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert listing(tmp_path) == {"site.der"}
+
+
+def test_replace_keeps_mode_and_owner(tmp_path):
+    out = tmp_path / "site.der"
+    out.write_bytes(b"old")
+    os.chmod(out, 0o640)
+    os.chown(out, os.getuid(), os.getgid())
+    atomic_write(out, b"new")
+    assert out.read_bytes() == b"new"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert listing(tmp_path) == {"site.der"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_replace_keeps_a_foreign_owner(tmp_path):
+    out = tmp_path / "site.der"
+    out.write_bytes(b"old")
+    os.chown(out, 33, 33)  # www-data on Debian
+    atomic_write(out, b"new")
+    st = out.stat()
+    assert (st.st_uid, st.st_gid) == (33, 33)
+
+
+def test_replace_is_a_new_inode(tmp_path):
+    # A reader holding the old file keeps reading the old bytes: never a mix.
+    out = tmp_path / "site.der"
+    out.write_bytes(b"old" * 100)
+    with open(out, "rb") as reader:
+        atomic_write(out, b"new" * 100)
+        assert reader.read() == b"old" * 100
+    assert out.read_bytes() == b"new" * 100
+
+
+def test_symlinked_output_is_replaced_where_it_points(tmp_path):
+    real = tmp_path / "archive" / "site1.der"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    link = tmp_path / "site.der"
+    link.symlink_to(real)
+    atomic_write(link, b"new")
+    assert link.is_symlink() and real.read_bytes() == b"new"
+    assert listing(real.parent) == {"site1.der"}
+
+
+def test_missing_directory_is_a_store_error(tmp_path):
+    with pytest.raises(StoreError, match="cannot create a temp file"):
+        atomic_write(tmp_path / "nope" / "site.der", b"x")
+    assert listing(tmp_path) == set()
+
+
+def test_output_that_is_a_directory(tmp_path):
+    (tmp_path / "site.der").mkdir()
+    with pytest.raises(StoreError, match="is a directory"):
+        atomic_write(tmp_path / "site.der", b"x")
+    with pytest.raises(StoreError, match="is a directory"):
+        read_staple(tmp_path / "site.der")
+    assert listing(tmp_path) == {"site.der"}
+
+
+def test_failure_mid_write_leaves_old_file_and_no_temp(tmp_path):
+    out = tmp_path / "site.der"
+    out.write_bytes(b"old")
+
+    # not bytes-like: the write itself raises TypeError
+    with pytest.raises(TypeError):
+        atomic_write(out, object())  # type: ignore[arg-type]
+    assert out.read_bytes() == b"old"
+    assert listing(tmp_path) == {"site.der"}
+
+
+def test_read_missing_is_none(tmp_path):
+    assert read_staple(tmp_path / "none.der") is None
+
+
+def test_lock_makes_a_second_holder_wait(tmp_path):
+    out = tmp_path / "site.der"
+    order = []
+
+    def second():
+        with lock_output(out, timeout=10):
+            order.append("second")
+
+    with lock_output(out, timeout=10):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first done")
+    t.join()
+    assert order == ["first done", "second"]
+
+
+def test_lock_timeout_is_a_store_error(tmp_path):
+    out = tmp_path / "site.der"
+    errors = []
+
+    def second():
+        try:
+            with lock_output(out, timeout=0.2):
+                pass
+        except StoreError as e:
+            errors.append(str(e))
+
+    with lock_output(out, timeout=10):
+        t = threading.Thread(target=second)
+        t.start()
+        t.join()
+    assert errors and "site.der.lock" in errors[0]
+
+
+def test_lock_removes_temp_files_of_a_dead_run(tmp_path):
+    out = tmp_path / "site.der"
+    out.write_bytes(b"good")
+    dead = tmp_path / (".site.der.abc123" + TEMP_SUFFIX)
+    dead.write_bytes(b"half")
+    unrelated = tmp_path / ".other.der.abc123.ocspstaple-tmp"
+    unrelated.write_bytes(b"not ours")
+    with lock_output(out, timeout=5):
+        pass
+    assert listing(tmp_path) == {"site.der", "site.der.lock", unrelated.name}
