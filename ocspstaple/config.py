@@ -178,7 +178,10 @@ def load_config(path: Path, *, cli: Options, force: bool) -> list[Staple | BadEn
             out.append(_staple(name, table, root=root, cli=cli, defaults=file_defaults, force=force,
                                where=f"[staple.{name}]"))
         except InputError as e:
-            out.append(BadEntry(name=name, reason=str(e)))
+            # Name the certificate when the table says which one it is.
+            cert = table.get("cert") if isinstance(table, dict) else None
+            label = str(root / cert) if isinstance(cert, str) and cert else f"[staple.{name}]"
+            out.append(BadEntry(name=label, reason=str(e)))
     return out
 
 

@@ -162,7 +162,8 @@ def _refresh_locked(
         due = disk.usable.refresh_due(st.refresh_at)
         if now < due:
             about = "" if disk.usable.status is CertStatus.REVOKED else f" ({_describe(disk.usable)})"
-            return _kept(st, disk.usable, Result.FRESH, f"staple still fresh{about}; next refresh after {fmt_time(due)}")
+            message = f"staple still fresh{about}; next refresh after {fmt_time(due)}"
+            return _kept(st, disk.usable, Result.FRESH, message)
 
     request = build_request(pair)
     transport = network(st.timeout, st.proxy)

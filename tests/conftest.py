@@ -37,7 +37,7 @@ def run_cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float
     """Run ``python -m ocspstaple ARGS`` as a real process."""
     p = subprocess.run(
         [sys.executable, "-m", "ocspstaple", *map(str, args)],
-        capture_output=True, text=True, env=env or clean_env(), timeout=timeout,
+        capture_output=True, text=True, env=env if env is not None else clean_env(), timeout=timeout,
     )
     return Run(p.returncode, p.stdout, p.stderr)
 

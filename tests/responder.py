@@ -88,7 +88,9 @@ class Responder:
                 pass
 
             def do_GET(self) -> None:
-                raw = urllib.parse.unquote(self.path.lstrip("/"))
+                # The request is the last path segment (RFC 6960 A.1), also
+                # behind a path prefix or in a proxied absolute URL.
+                raw = urllib.parse.unquote(self.path.rsplit("/", 1)[-1])
                 try:
                     der = base64.b64decode(raw, validate=True)
                 except ValueError:
@@ -101,7 +103,9 @@ class Responder:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for the loop to notice.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
         return self
 

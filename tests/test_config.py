@@ -78,6 +78,8 @@ def test_bad_staple_table_is_a_bad_entry_and_the_others_stay(tmp_path, table, wh
     cfg = write(tmp_path, f'[staple.bad]\n{table}\n\n[staple.good]\ncert = "g.pem"\n')
     bad, good = load_config(cfg, cli=Options(), force=False)
     assert isinstance(bad, BadEntry) and why in bad.reason and "[staple.bad]" in bad.reason
+    # the log line names the certificate when the table says which one
+    assert bad.name == (str(tmp_path / "a.pem") if 'cert = "a.pem"' in table else "[staple.bad]")
     assert isinstance(good, Staple)
 
 
