@@ -83,6 +83,18 @@ def assert_silent_success(run: Run) -> None:
     assert run.out == "" and run.err == "", run.err
 
 
+def assert_written_or_refused(run: Run, site: Site, body: bytes, written: bool, *words: str) -> None:
+    """With no staple on disk: ``body`` written (exit 0, silent), or refused
+    (exit 2, one line naming the certificate, nothing written)."""
+    if written:
+        assert_silent_success(run)
+        assert site.output.read_bytes() == body
+    else:
+        assert run.code == 2, run.err
+        assert_one_line(run, str(site.cert), *words)
+        assert not site.output.exists()
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (connections are refused)."""
     with socket.socket() as s:
@@ -323,13 +335,7 @@ def test_the_matching_single_response_counts(site: Site, responder: Responder, c
     body = _certid_case(kind, ca, site.leaf)
     responder.serve(body)
     run = refresh("--cert", site.cert)
-    if written:
-        assert_silent_success(run)
-        assert site.output.read_bytes() == body
-    else:
-        assert run.code == 2, run.err
-        assert_one_line(run, str(site.cert))
-        assert not site.output.exists()
+    assert_written_or_refused(run, site, body, written)
 
 
 def test_replacement_keeps_the_old_mode(site: Site, responder: Responder, ca: CA):
@@ -387,13 +393,7 @@ def test_unknown_response_extension(site: Site, responder: Responder, ca: CA, cr
     body = ca.respond(site.leaf.cert, extensions=[(unknown, critical)])
     responder.serve(body)
     run = refresh("--cert", site.cert)
-    if written:
-        assert_silent_success(run)
-        assert site.output.read_bytes() == body
-    else:
-        assert run.code == 2, run.err
-        assert_one_line(run, str(site.cert), "1.3.6.1.4.1.99999.1")
-        assert not site.output.exists()
+    assert_written_or_refused(run, site, body, written, "1.3.6.1.4.1.99999.1")
 
 
 @pytest.mark.parametrize("delegate_life, written", [(DAY, True), (-HOUR, False), (3 * MINUTE, False)])
@@ -405,13 +405,7 @@ def test_delegate_must_be_valid(site: Site, responder: Responder, ca: CA, delega
     body = ca.respond(site.leaf.cert, signer=delegate, this_update=t - HOUR)
     responder.serve(body)
     run = refresh("--cert", site.cert)
-    if written:
-        assert_silent_success(run)
-        assert site.output.read_bytes() == body
-    else:
-        assert run.code == 2, run.err
-        assert_one_line(run, str(site.cert))
-        assert not site.output.exists()
+    assert_written_or_refused(run, site, body, written)
 
 
 @pytest.mark.parametrize("this_update, next_update, written", [
@@ -425,13 +419,7 @@ def test_time_window_boundaries(site: Site, responder: Responder, ca: CA, this_u
     body = ca.respond(site.leaf.cert, this_update=t + this_update, next_update=t + next_update)
     responder.serve(body)
     run = refresh("--cert", site.cert)
-    if written:
-        assert_silent_success(run)
-        assert site.output.read_bytes() == body
-    else:
-        assert run.code == 2, run.err
-        assert_one_line(run, str(site.cert))
-        assert not site.output.exists()
+    assert_written_or_refused(run, site, body, written)
 
 
 def test_output_option(tmp_path: Path, site: Site, responder: Responder):
