@@ -186,6 +186,10 @@ def _refresh_locked(
         try:
             store.write(st.output, new.der)
         except StoreError as e:
+            if new.status is CertStatus.REVOKED:
+                # Never quieter than the revocation itself.
+                return Outcome(name=st.name, output=st.output, result=Result.REVOKED, staple=disk.usable,
+                               message=f"certificate is REVOKED ({_describe(new)}), but {e}")
             return _failed(st, str(e), disk)
         if new.status is CertStatus.REVOKED:
             return Outcome(

@@ -135,8 +135,18 @@ def verify(
 
     Parses ``data`` as a successful BasicOCSPResponse, finds the SingleResponse
     for ``pair.cert``, checks its status and the signature of the issuer or of
-    a delegated responder the issuer authorised.
+    a delegated responder the issuer authorised.  Raises only ValidationError.
     """
+    try:
+        return _verify(data, pair=pair, default_validity=default_validity)
+    except (ValueError, TypeError, IndexError, KeyError, UnsupportedAlgorithm) as e:
+        # cryptography raises KeyError for a responseStatus outside RFC 6960's list.
+        # Hostile bytes that got past the parser's first look (a malformed
+        # embedded certificate, say) are one more reason to refuse.
+        raise ValidationError(f"malformed response ({_short(e)})") from None
+
+
+def _verify(data: bytes, *, pair: Pair, default_validity: dt.timedelta) -> VerifiedResponse:
     if not data:
         raise ValidationError("empty response")
     try:

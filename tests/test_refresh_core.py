@@ -241,6 +241,16 @@ def test_write_failure_keeps_the_old_staple(setup):
     assert st.output.read_bytes() == old
 
 
+def test_revocation_that_cannot_be_written_is_still_loud(setup):
+    st, resp = setup
+    old = resp(T0 - 2 * HOUR)
+    st.output.write_bytes(old)
+    o = run(replace(st, force=True), Network(resp(T0 - HOUR, status="revoked")), T0, store=FailingWrites())
+    assert o.result is Result.REVOKED and o.result.exit_code == 2
+    assert "REVOKED" in o.message and "No space left" in o.message
+    assert st.output.read_bytes() == old
+
+
 def test_second_url_is_tried(setup):
     st, resp = setup
     good = resp()

@@ -302,3 +302,44 @@ def test_refresh_due_fraction(ca, leaf, pair):
     v = validate(resp(ca, leaf, this_update=NOW - DAY, next_update=NOW + 3 * DAY), pair=pair, now=NOW)
     assert v.refresh_due(0.5) == NOW + DAY
     assert v.refresh_due(0.25) == NOW
+
+
+# -- hostile bytes (a first look; the full property suite is issue 6's) ----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def originals(ca, leaf) -> list[bytes]:
+    # Made once: hypothesis replays draws, so the bytes must not change between examples.
+    return [resp(ca, leaf), resp(ca, leaf, signer=ca.delegate())]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_responses_raise_only_validation_error(originals, pair, data):
+    from cryptography.x509 import ocsp
+
+    good = data.draw(st.sampled_from(originals))
+    original = ocsp.load_der_ocsp_response(good)
+    mutated = bytearray(good)
+    for _ in range(data.draw(st.integers(1, 3))):
+        kind = data.draw(st.sampled_from(["flip", "truncate", "byte"]))
+        if not mutated:
+            break
+        i = data.draw(st.integers(0, len(mutated) - 1))
+        if kind == "flip":
+            mutated[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "truncate":
+            del mutated[i:]
+        else:
+            mutated[i] = data.draw(st.integers(0, 255))
+    try:
+        v = validate(bytes(mutated), pair=pair, now=NOW)
+    except ValidationError:
+        return
+    # Accepted: then what was signed is exactly what the CA signed.
+    accepted = ocsp.load_der_ocsp_response(bytes(mutated))
+    assert accepted.tbs_response_bytes == original.tbs_response_bytes
+    assert v.status is CertStatus.GOOD and v.this_update == NOW - HOUR
