@@ -123,10 +123,6 @@ def refresh(
         elif cert is not None:
             staples = [staple_from_options(cert=cert, issuer=issuer, output=output, url=url,
                                            options=options, force=force)]
-        if proxy is not None:
-            from ocspstaple.fetch import check_url
-
-            check_url(proxy, "--proxy")
     except InputError as e:
         log.error("%s", e)
         sys.exit(EXIT_BAD)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ocspstaple.errors import ConfigError, InputError
+from ocspstaple.urls import check_url
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_REFRESH_AT = 0.5
@@ -75,10 +76,17 @@ def staple_from_options(
     force: bool,
 ) -> Staple:
     """The single staple of ``refresh --cert ...``."""
+    _check_cli(options)
     base = Staple(name=str(cert), cert=cert, issuer=issuer,
                   output=output if output is not None else Path(str(cert) + ".ocsp"),
                   urls=(url,) if url else (), force=force)
     return _with_options(base, options)
+
+
+def _check_cli(options: Options) -> None:
+    # click checks the numbers; the proxy URL is checked here, once.
+    if options.proxy is not None:
+        check_url(options.proxy, "--proxy")
 
 
 def _with_options(st: Staple, options: Options) -> Staple:
@@ -133,7 +141,7 @@ def _str(v: object, where: str) -> str:
 
 _OPTION_KEYS: Mapping[str, Any] = {
     "timeout": _num(check_timeout),
-    "proxy": _str,
+    "proxy": lambda v, where: check_url(_str(v, where), where),
     "refresh_at": _num(check_fraction),
     "default_validity": parse_duration,
     "lock_timeout": _num(check_timeout),
@@ -144,6 +152,7 @@ _STAPLE_KEYS = {"cert", "issuer", "output", "url"}
 def load_config(path: Path, *, cli: Options, force: bool) -> list[Staple | BadEntry]:
     """Read a TOML config; a broken file raises ConfigError, a broken staple
     table becomes a BadEntry so that the others still run."""
+    _check_cli(cli)
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)

@@ -14,7 +14,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ocspstaple.errors import FetchError, InputError
+from ocspstaple.errors import FetchError
+from ocspstaple.urls import check_url
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,6 @@ class Transport(Protocol):
     def get(self, url: str) -> HttpReply: ...
 
     def post(self, url: str, body: bytes) -> HttpReply: ...
-
-
-def check_url(url: str, what: str = "OCSP URL") -> str:
-    """Refuse anything but an absolute http or https URL."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{what} {url!r} is not an http:// or https:// URL")
-    return url
 
 
 def get_url(url: str, request: bytes) -> str:

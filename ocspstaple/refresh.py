@@ -15,8 +15,9 @@ from typing import Callable, Iterable, Sequence
 from ocspstaple.certs import Pair, build_request, load_pair, ocsp_urls
 from ocspstaple.config import BadEntry, Staple
 from ocspstaple.errors import FetchError, InputError, StaleError, StoreError, ValidationError
-from ocspstaple.fetch import Transport, check_url, fetch_response
+from ocspstaple.fetch import Transport, fetch_response
 from ocspstaple.store import Store
+from ocspstaple.urls import check_url
 from ocspstaple.validate import CertStatus, VerifiedResponse, check_window, fmt_time, validate, verify
 
 log = logging.getLogger(__name__)

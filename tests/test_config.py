@@ -73,6 +73,7 @@ def test_builtin_defaults(tmp_path):
     ('cert = "a.pem"\nrefresh_at = 1.5', "between 0 and 1"),
     ('cert = "a.pem"\nurl = [1]', "list of strings"),
     ('cert = "a.pem"\ndefault_validity = "forever"', "not a duration"),
+    ('cert = "a.pem"\nproxy = "socks5://127.0.0.1:1080"', "not an http"),
 ])
 def test_bad_staple_table_is_a_bad_entry_and_the_others_stay(tmp_path, table, why):
     cfg = write(tmp_path, f'[staple.bad]\n{table}\n\n[staple.good]\ncert = "g.pem"\n')
@@ -96,6 +97,17 @@ def test_broken_config_is_a_config_error(tmp_path, text, why):
     with pytest.raises(ConfigError, match=None) as e:
         load_config(write(tmp_path, text), cli=Options(), force=False)
     assert why in str(e.value)
+
+
+def test_bad_proxy_on_the_command_line(tmp_path):
+    cfg = write(tmp_path, '[staple.a]\ncert = "a.pem"\n')
+    with pytest.raises(InputError, match="--proxy"):
+        load_config(cfg, cli=Options(proxy="proxy.example:3128"), force=False)
+    with pytest.raises(InputError, match="--proxy"):
+        staple_from_options(cert=Path("a.pem"), issuer=None, output=None, url=None,
+                            options=Options(proxy="proxy.example:3128"), force=False)
+    (a,) = load_config(cfg, cli=Options(proxy="http://proxy.example:3128"), force=False)
+    assert isinstance(a, Staple) and a.proxy == "http://proxy.example:3128"
 
 
 def test_unreadable_config(tmp_path):

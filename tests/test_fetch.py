@@ -10,7 +10,8 @@ from pki import unsuccessful
 from responder import Reply, Responder
 
 from ocspstaple.errors import FetchError, InputError
-from ocspstaple.fetch import HttpReply, HttpTransport, check_url, fetch_response, get_url
+from ocspstaple.fetch import HttpReply, HttpTransport, fetch_response, get_url
+from ocspstaple.urls import check_url
 
 # A request whose base64 holds '+', '/' and '='.
 REQ = bytes(range(250, 256)) + b"\xfb\xff\xbf" * 7 + b"\x00"
