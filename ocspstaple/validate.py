@@ -140,9 +140,10 @@ def verify(
     try:
         return _verify(data, pair=pair, default_validity=default_validity)
     except (ValueError, TypeError, IndexError, KeyError, UnsupportedAlgorithm) as e:
-        # cryptography raises KeyError for a responseStatus outside RFC 6960's list.
-        # Hostile bytes that got past the parser's first look (a malformed
-        # embedded certificate, say) are one more reason to refuse.
+        # cryptography parses some fields lazily: a mangled ResponderID name
+        # raises ValueError, or KeyError for an unknown string tag, only when
+        # read.  Hostile bytes that got past the first parse are one more
+        # reason to refuse.
         raise ValidationError(f"malformed response ({_short(e)})") from None
 
 
