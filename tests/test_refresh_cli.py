@@ -435,10 +435,14 @@ def test_output_option(tmp_path: Path, site: Site, responder: Responder):
     assert listing(out_dir) == {"site.der", "site.der.lock"}
 
 
-@pytest.mark.parametrize("args", [[], ["--config", "x.toml", "--cert", "y.pem"], ["--timeout", "0"]])
+@pytest.mark.parametrize("args", [
+    [], ["--config", "x.toml", "--cert", "CERT"], ["--config", "x.toml", "--url", "http://x/"],
+    ["--cert", "CERT", "--timeout", "0"], ["--cert", "CERT", "--timeout", "soon"],
+    ["--cert", "CERT", "--refresh-at", "1.5"], ["--cert", "CERT", "--default-validity", "forever"],
+    ["--cert", "CERT", "--proxy", "socks5://127.0.0.1:1080"],
+])
 def test_usage_errors_exit_2(site: Site, responder: Responder, args: list):
-    cert_args = ["--cert", str(site.cert)] if "--timeout" in args else []
-    run = refresh(*args, *cert_args)
+    run = refresh(*[str(site.cert) if a == "CERT" else a for a in args])
     assert run.code == 2, run.err
     assert_no_traceback(run)
     assert responder.requests == 0
