@@ -66,12 +66,27 @@ def load_pair(cert_path: Path, issuer_path: Path | None) -> Pair:
     cert = chain[0]
     if issuer_path is not None:
         issuer = read_pem_file(issuer_path)[0]
-    elif len(chain) > 1:
-        issuer = chain[1]
     else:
-        raise InputError(f"{cert_path} holds no issuer certificate after the first; give --issuer")
+        found = find_issuer(cert, chain[1:])
+        if found is not None:
+            return Pair(cert=cert, issuer=found)
+        if len(chain) == 1:
+            raise InputError(f"{cert_path} holds no issuer certificate after the first; give --issuer")
+        issuer = chain[1]  # for the error message below
     check_issued_by(cert, issuer)
     return Pair(cert=cert, issuer=issuer)
+
+
+def find_issuer(cert: x509.Certificate, candidates: list[x509.Certificate]) -> x509.Certificate | None:
+    """The first of ``candidates`` that signed ``cert`` (named as its issuer first)."""
+    named = [c for c in candidates if c.subject == cert.issuer]
+    for c in named + [c for c in candidates if c.subject != cert.issuer]:
+        try:
+            check_issued_by(cert, c)
+        except InputError:
+            continue
+        return c
+    return None
 
 
 def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:

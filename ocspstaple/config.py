@@ -20,6 +20,7 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_REFRESH_AT = 0.5
 DEFAULT_VALIDITY = dt.timedelta(days=1)
 DEFAULT_LOCK_TIMEOUT = 60.0
+DEFAULT_HOOK_TIMEOUT = 60.0
 MAX_CONFIG_BYTES = 64 << 20
 
 
@@ -32,6 +33,7 @@ class Options:
     refresh_at: float | None = None
     default_validity: dt.timedelta | None = None
     lock_timeout: float | None = None
+    haproxy_socket: str | None = None
 
     def over(self, base: Options) -> Options:
         """These options, with ``base`` filling in what is not given."""
@@ -55,7 +57,33 @@ class Staple:
     refresh_at: float = DEFAULT_REFRESH_AT
     default_validity: dt.timedelta = DEFAULT_VALIDITY
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    #: HAProxy stats socket (unix path or HOST:PORT) to push a new staple to
+    haproxy_socket: str | None = None
     force: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """Settings of a whole run rather than of one staple ([defaults] only)."""
+
+    deploy_hook: str | None = None
+    hook_timeout: float | None = None
+    jobs: int | None = None
+
+    def over(self, base: RunSettings) -> RunSettings:
+        """These settings, with ``base`` filling in what is not given."""
+        return RunSettings(**{
+            k: getattr(self, k) if getattr(self, k) is not None else getattr(base, k)
+            for k in self.__dataclass_fields__
+        })
+
+
+@dataclass(frozen=True)
+class Config:
+    """A config file, read: its staples and its run-wide settings."""
+
+    staples: list[Staple | BadEntry]
+    run: RunSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,9 +112,19 @@ def staple_from_options(
 
 
 def _check_cli(options: Options) -> None:
-    # click checks the numbers; the proxy URL is checked here, once.
+    # click checks the numbers; the proxy URL and the socket are checked here, once.
     if options.proxy is not None:
         check_url(options.proxy, "--proxy")
+    if options.haproxy_socket is not None:
+        check_socket(options.haproxy_socket, "--haproxy-socket")
+
+
+def check_socket(value: str, what: str) -> str:
+    """A HAProxy stats socket: a unix socket path, or HOST:PORT for a TCP socket."""
+    from ocspstaple.haproxy import parse_address
+
+    parse_address(value, what)
+    return value
 
 
 def _with_options(st: Staple, options: Options) -> Staple:
@@ -139,17 +177,34 @@ def _str(v: object, where: str) -> str:
     return v
 
 
+def check_jobs(v: object, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
+        raise InputError(f"{where}: expected a whole number from 1 to 256, got {v!r}")
+    return v
+
+
 _OPTION_KEYS: Mapping[str, Any] = {
     "timeout": _num(check_timeout),
     "proxy": lambda v, where: check_url(_str(v, where), where),
     "refresh_at": _num(check_fraction),
     "default_validity": parse_duration,
     "lock_timeout": _num(check_timeout),
+    "haproxy_socket": lambda v, where: check_socket(_str(v, where), where),
+}
+_RUN_KEYS: Mapping[str, Any] = {
+    "deploy_hook": _str,
+    "hook_timeout": _num(check_timeout),
+    "jobs": check_jobs,
 }
 _STAPLE_KEYS = {"cert", "issuer", "output", "url"}
 
 
 def load_config(path: Path, *, cli: Options, force: bool) -> list[Staple | BadEntry]:
+    """The staples of a TOML config (see read_config)."""
+    return read_config(path, cli=cli, force=force).staples
+
+
+def read_config(path: Path, *, cli: Options, force: bool) -> Config:
     """Read a TOML config; a broken file raises ConfigError, a broken staple
     table becomes a BadEntry so that the others still run."""
     _check_cli(cli)
@@ -176,8 +231,10 @@ def load_config(path: Path, *, cli: Options, force: bool) -> list[Staple | BadEn
         raise ConfigError(f"config {path}: [defaults] must be a table")
     if not isinstance(staples, dict) or not staples:
         raise ConfigError(f"config {path}: no [staple.NAME] tables")
+    where = f"config {path} [defaults]"
     try:
-        file_defaults = _options(defaults, f"config {path} [defaults]", allowed=set())
+        file_defaults = _options(defaults, where, allowed=set(_RUN_KEYS))
+        run = RunSettings(**{k: conv(defaults[k], f"{where} {k}") for k, conv in _RUN_KEYS.items() if k in defaults})
     except InputError as e:
         raise ConfigError(str(e)) from None
     root = path.parent
@@ -191,7 +248,7 @@ def load_config(path: Path, *, cli: Options, force: bool) -> list[Staple | BadEn
             cert = table.get("cert") if isinstance(table, dict) else None
             label = str(root / cert) if isinstance(cert, str) and cert else f"[staple.{name}]"
             out.append(BadEntry(name=label, reason=str(e)))
-    return out
+    return Config(staples=out, run=run)
 
 
 def _options(table: Mapping[str, Any], where: str, *, allowed: set[str]) -> Options:

@@ -32,3 +32,7 @@ class StaleError(ValidationError):
 
 class StoreError(OcspstapleError):
     """The staple could not be read, locked or written."""
+
+
+class DeployError(OcspstapleError):
+    """A written staple could not be handed to the server (push or hook, exit 1)."""

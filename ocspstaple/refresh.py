@@ -22,6 +22,9 @@ from ocspstaple.validate import CertStatus, VerifiedResponse, check_window, fmt_
 
 log = logging.getLogger(__name__)
 
+#: Staples refreshed at once when --jobs is not given.
+DEFAULT_JOBS = 8
+
 Clock = Callable[[], dt.datetime]
 #: (timeout, proxy) -> a transport; lets one run share connections per setting.
 Network = Callable[[float, "str | None"], Transport]
@@ -83,8 +86,13 @@ def refresh_all(
     network: Network,
     clock: Clock,
     store: Store,
+    jobs: int | None = None,
 ) -> list[Outcome]:
-    """Refresh every staple in turn; one failure never stops the others."""
+    """Refresh every staple; one failure never stops the others.
+
+    Outcomes come back in the order of ``staples``.  ``jobs``: how many
+    staples are refreshed at once (default DEFAULT_JOBS).
+    """
     outcomes = []
     for st in staples:
         if isinstance(st, BadEntry):

@@ -24,6 +24,8 @@ def run_demo(tmp_path: Path, **env_changes: str) -> subprocess.CompletedProcess[
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env["TMPDIR"] = str(scratch)  # so that anything left behind would be found here
+    # The interpreter under test, not whatever python3 comes first on PATH.
+    env["OCSPSTAPLE"] = f"{sys.executable} -m ocspstaple"
     env.update(env_changes)
     return subprocess.run(["bash", str(DEMO)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -66,10 +68,13 @@ def test_demo_falls_back_to_python_m_ocspstaple(tmp_path: Path) -> None:
     """Without `ocspstaple` on PATH the demo runs `python3 -m ocspstaple`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python3").symlink_to(sys.executable)
+    # A wrapper, not a symlink: a symlinked venv python outside the venv loses its site-packages.
+    wrapper = bin_dir / "python3"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     path = [str(bin_dir)] + [d for d in os.environ.get("PATH", "").split(os.pathsep)
                              if d and not (Path(d) / "ocspstaple").exists()]
-    p = run_demo(tmp_path, PATH=os.pathsep.join(path))
+    p = run_demo(tmp_path, PATH=os.pathsep.join(path), OCSPSTAPLE="")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "ocspstaple command: python3 -m ocspstaple" in p.stdout
     assert_cleaned_up(p, tmp_path)

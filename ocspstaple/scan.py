@@ -1,0 +1,64 @@
+"""Directory mode: HAProxy-style combined PEMs, one staple per served certificate.
+
+Every ``*.pem`` in the directory whose first certificate has its issuer in the
+same file gets ``*.pem.ocsp`` beside it, HAProxy's convention.  Files that do
+not fit (no certificate, no issuer in the file, a CA certificate, no OCSP URL)
+are skipped with an info line: a certificate directory holds such files, and
+cron should not mail about them every hour.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cryptography import x509
+
+from ocspstaple.certs import find_issuer, ocsp_urls, read_pem_file
+from ocspstaple.config import Options, Staple, staple_from_options
+from ocspstaple.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def scan_dir(directory: Path, *, options: Options, force: bool) -> list[Staple]:
+    """The staples of one directory, in name order (a missing directory raises InputError)."""
+    try:
+        paths = sorted(p for p in directory.iterdir() if p.suffix == ".pem" and p.is_file())
+    except FileNotFoundError:
+        raise InputError(f"--scan {directory}: no such directory") from None
+    except NotADirectoryError:
+        raise InputError(f"--scan {directory}: not a directory") from None
+    except OSError as e:
+        raise InputError(f"--scan {directory}: {e.strerror or e}") from None
+    staples = []
+    for path in paths:
+        why = _skip_reason(path)
+        if why:
+            log.info("%s: skipped: %s", path, why)
+            continue
+        staples.append(staple_from_options(cert=path, issuer=None, output=None, url=None,
+                                           options=options, force=force))
+    return staples
+
+
+def _skip_reason(path: Path) -> str:
+    try:
+        chain = read_pem_file(path)
+    except InputError as e:
+        return str(e)
+    cert = chain[0]
+    try:
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (x509.ExtensionNotFound, ValueError):  # absent or unparsable: not a CA as far as we know
+        ca = False
+    if ca:
+        return "its first certificate is a CA certificate"
+    if find_issuer(cert, chain[1:]) is None:
+        return "no certificate in the file signed the first one"
+    try:
+        if not ocsp_urls(cert):
+            return "the certificate names no OCSP responder (its CA may have ended OCSP)"
+    except InputError as e:
+        return str(e)
+    return ""
+
