@@ -63,18 +63,29 @@ def read_staple(path: Path) -> bytes | None:
         raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file of an output: ``.<name>.lock`` beside it.
+
+    Hidden on purpose: HAProxy's ``crt DIR`` loads every file of the directory
+    as a certificate except dotfiles and a few suffixes, and refuses to start
+    on ``site.pem.ocsp.lock`` (seen with HAProxy 2.6).
+    """
+    return path.with_name(f".{path.name}.lock")
+
+
 @contextlib.contextmanager
 def lock_output(path: Path, *, timeout: float) -> Iterator[None]:
-    """Hold ``<output>.lock`` so that concurrent runs take turns on one staple."""
+    """Hold the output's lock file so that concurrent runs take turns on one staple."""
     import filelock  # imported here: start-up time of `ocspstaple --help`
 
-    lock = filelock.FileLock(str(path) + ".lock", timeout=timeout)
+    lock_file = lock_path(path)
+    lock = filelock.FileLock(str(lock_file), timeout=timeout)
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise StoreError(f"another run held {path}.lock for {timeout:g} s; gave up") from None
+        raise StoreError(f"another run held {lock_file} for {timeout:g} s; gave up") from None
     except OSError as e:
-        raise StoreError(f"cannot create {path}.lock: {e.strerror or e}") from None
+        raise StoreError(f"cannot create {lock_file}: {e.strerror or e}") from None
     try:
         # Whoever holds the lock is the only writer, so a temp file found now
         # was left by a run that died (kill -9, power loss) mid-write.

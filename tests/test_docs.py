@@ -19,14 +19,23 @@ def man_text() -> str:
     return (ROOT / "man" / "ocspstaple.1").read_text().replace("\\-", "-")
 
 
-def test_every_refresh_option_is_in_the_man_page_and_the_readme():
-    opts = help_options("refresh")
-    assert {"--cert", "--issuer", "--output", "--url", "--config", "--force", "--timeout", "--proxy",
-            "--refresh-at"} <= opts
+def commands() -> list[str]:
+    r = run_cli("--help")
+    return re.findall(r"^\s{2}([a-z][a-z-]+)\s", r.out.split("Commands:")[-1], re.M)
+
+
+def test_every_option_of_every_command_is_in_the_man_page_and_the_readme():
+    assert {"refresh", "serve"} <= set(commands())
+    opts = {c: help_options(c) for c in commands()}
+    assert {"--cert", "--issuer", "--output", "--url", "--config", "--scan", "--force", "--timeout", "--proxy",
+            "--refresh-at", "--jobs", "--haproxy-socket", "--deploy-hook", "--hook-timeout"} <= opts["refresh"]
+    assert {"--cert", "--config", "--scan", "--listen"} <= opts["serve"]
     man = man_text()
     readme = (ROOT / "README.md").read_text()
-    assert sorted(o for o in opts if o not in man) == []
-    assert sorted(o for o in opts if f"`{o}" not in readme) == []
+    for c, options in opts.items():
+        assert re.search(rf"\.Ss {c}\b", man), f"the man page has no section for {c}"
+        assert sorted(o for o in options if o not in man) == [], c
+        assert sorted(o for o in options if f"`{o}" not in readme) == [], c
 
 
 def test_the_check_itself_catches_a_missing_option():

@@ -416,7 +416,7 @@ def test_refresh_writes_a_staple_that_openssl_verifies(lab: Lab) -> None:
     assert run.code == 0, run.err
     assert run.out == "" and run.err == "", "quiet when all is well"
     assert lab.leaf.staple.is_file()
-    assert site_files(lab.leaf) == {"leaf.pem", "fullchain.pem", "fullchain.pem.ocsp", "fullchain.pem.ocsp.lock"}
+    assert site_files(lab.leaf) == {"leaf.pem", "fullchain.pem", "fullchain.pem.ocsp", ".fullchain.pem.ocsp.lock"}
     verdict = lab.verify()
     assert verdict.verified, verdict.text
     assert verdict.status(lab.leaf.pem) == "good", verdict.text

@@ -28,9 +28,11 @@ from cryptography.x509 import ocsp
 from pki import CA, DAY, HOUR, Issued, assemble, parts, seq, tlv, unsuccessful, write_pem
 from responder import FAULTS, Reply, Responder
 
+from ocspstaple.store import lock_path
+
 MINUTE = dt.timedelta(minutes=1)
 SITE_FILES = {"fullchain.pem", "issuer.pem"}
-AFTER_WRITE = SITE_FILES | {"fullchain.pem.ocsp", "fullchain.pem.ocsp.lock"}
+AFTER_WRITE = SITE_FILES | {"fullchain.pem.ocsp", ".fullchain.pem.ocsp.lock"}
 # Every fault but "revoked": that one is a valid answer that must be written.
 FAULT_NAMES = [name for name in FAULTS if name != "revoked"]
 # Words the one-line reason should carry for faults whose reason has an obvious name.
@@ -183,7 +185,7 @@ def test_fault_without_staple_writes_nothing(site: Site, responder: Responder, f
     if fault in REASON_WORDS:
         assert REASON_WORDS[fault] in line
     assert not site.output.exists()
-    assert listing(site.output.parent) - {"fullchain.pem.ocsp.lock"} == SITE_FILES
+    assert listing(site.output.parent) - {".fullchain.pem.ocsp.lock"} == SITE_FILES
     assert responder.requests >= 1
 
 
@@ -432,7 +434,7 @@ def test_output_option(tmp_path: Path, site: Site, responder: Responder):
     assert out.read_bytes() == body
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     assert not site.output.exists()
-    assert listing(out_dir) == {"site.der", "site.der.lock"}
+    assert listing(out_dir) == {"site.der", ".site.der.lock"}
 
 
 @pytest.mark.parametrize("args", [
@@ -982,7 +984,7 @@ def test_lock_held_elsewhere_with_staple_is_kept(site: Site, responder: Responde
     """Twin of the concurrent runs: a lock that is never released."""
     before = write_good_staple(site, responder)
     n = responder.requests
-    with filelock.FileLock(str(site.output) + ".lock"):
+    with filelock.FileLock(str(lock_path(site.output))):
         run = refresh("--cert", site.cert, "--force", "--lock-timeout", "0.5")
     assert run.code == 1, run.err
     assert_one_line(run, str(site.cert), "lock", "kept staple valid until")
@@ -991,7 +993,7 @@ def test_lock_held_elsewhere_with_staple_is_kept(site: Site, responder: Responde
 
 
 def test_lock_held_elsewhere_without_staple(site: Site, responder: Responder):
-    with filelock.FileLock(str(site.output) + ".lock"):
+    with filelock.FileLock(str(lock_path(site.output))):
         run = refresh("--cert", site.cert, "--lock-timeout", "0.5")
     assert run.code == 2, run.err
     assert_one_line(run, str(site.cert), "lock")

@@ -16,7 +16,7 @@ from ocspstaple.config import BadEntry, Staple
 from ocspstaple.errors import FetchError, StoreError
 from ocspstaple.fetch import HttpReply
 from ocspstaple.refresh import Result, exit_code, refresh_all, refresh_one
-from ocspstaple.store import FileStore
+from ocspstaple.store import FileStore, lock_path
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -302,7 +302,7 @@ def test_lock_timeout_reports_what_is_on_disk(setup):
 
     class Locked(FileStore):
         def lock(self, path, *, timeout):
-            raise StoreError(f"another run held {path}.lock for {timeout:g} s; gave up")
+            raise StoreError(f"another run held {lock_path(path)} for {timeout:g} s; gave up")
 
     o = run(st, NoNetwork(), T0, store=Locked())
     assert o.result is Result.KEPT and "gave up" in o.message

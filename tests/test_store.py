@@ -128,7 +128,7 @@ def test_lock_timeout_is_a_store_error(tmp_path):
         t = threading.Thread(target=second)
         t.start()
         t.join()
-    assert errors and "site.der.lock" in errors[0]
+    assert errors and ".site.der.lock" in errors[0]
 
 
 def test_lock_removes_temp_files_of_a_dead_run(tmp_path):
@@ -140,4 +140,4 @@ def test_lock_removes_temp_files_of_a_dead_run(tmp_path):
     unrelated.write_bytes(b"not ours")
     with lock_output(out, timeout=5):
         pass
-    assert listing(tmp_path) == {"site.der", "site.der.lock", unrelated.name}
+    assert listing(tmp_path) == {"site.der", ".site.der.lock", unrelated.name}

@@ -143,21 +143,20 @@ def test_delegate_from_another_ca_is_refused(ca, leaf, pair):
 
 
 def test_delegate_not_valid_at_produced_at_is_refused(ca, leaf, pair):
-    # producedAt is the real time of signing; a delegate that expired before it is refused.
-    real_now = dt.datetime.now(UTC)
-    expired = ca.delegate(not_before=real_now - 10 * DAY, not_after=real_now - DAY)
-    refused(resp(ca, leaf, signer=expired), pair, "not valid at producedAt", now=real_now)
-    current = ca.delegate(not_before=real_now - 10 * DAY, not_after=real_now + DAY)
-    validate(resp(ca, leaf, signer=current, this_update=real_now - HOUR), pair=pair, now=real_now)
+    # A delegate that expired before producedAt (NOW - 1h here) is refused; the
+    # same response from a delegate valid then is taken. Pinned to NOW, not
+    # the wall clock, so the test means the same on every day.
+    expired = ca.delegate(not_before=NOW - 10 * DAY, not_after=NOW - 2 * HOUR)
+    refused(resp(ca, leaf, signer=expired), pair, "not valid at producedAt")
+    current = ca.delegate(not_before=NOW - 10 * DAY, not_after=NOW + DAY)
+    validate(resp(ca, leaf, signer=current), pair=pair, now=NOW)
 
 
 def test_delegate_not_after_caps_usable_time(ca, leaf, pair):
-    real_now = dt.datetime.now(UTC).replace(microsecond=0)
-    short = ca.delegate(not_before=real_now - DAY, not_after=real_now + 2 * HOUR)
-    v = validate(resp(ca, leaf, signer=short, this_update=real_now - HOUR), pair=pair, now=real_now)
+    short = ca.delegate(not_before=NOW - DAY, not_after=NOW + 2 * HOUR)
+    v = validate(resp(ca, leaf, signer=short), pair=pair, now=NOW)
     assert v.expires == short.cert.not_valid_after_utc
-    refused(resp(ca, leaf, signer=short, this_update=real_now - HOUR), pair, "expired",
-            now=real_now + 3 * HOUR)
+    refused(resp(ca, leaf, signer=short), pair, "expired", now=NOW + 3 * HOUR)
 
 
 def test_delegate_missing_from_response_is_refused(ca, leaf, pair):

@@ -32,11 +32,8 @@ apt-get update -qq
 # policy-rc.d 101: packages must not start their services (a CI machine or a
 # container may have no init; the tests start the servers themselves).
 policy=/usr/sbin/policy-rc.d
-made_policy=""
 if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
 fi
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-if [ -n "$made_policy" ]; then
-    rm -f "$policy"
-fi
