@@ -18,7 +18,7 @@ UPDATED = "OCSP Response updated!"
 #: An answer longer than this is not one HAProxy gives to this command.
 MAX_ANSWER = 64 << 10
 
-_TCP = re.compile(r"(?:ipv4@)?(?P<host>[^/:\[\]]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})")
+_TCP = re.compile(r"(?:ipv4@)?(?P<host>[^/:\[\]]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,9})")
 
 
 def parse_address(value: str, what: str = "HAProxy socket") -> tuple[int, str | tuple[str, int]]:
@@ -33,6 +33,11 @@ def parse_address(value: str, what: str = "HAProxy socket") -> tuple[int, str | 
         host = m["host"].strip("[]")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return family, (host, port)
+    elif value.startswith(("ipv4@", "ipv6@")) or ("/" not in value and ":" in value):
+        # Meant as HOST:PORT (HAProxy reads it so too), but the port is bad:
+        # not a unix socket path to fail on at push time.  unix@ takes any path.
+        raise InputError(f"{what}: {value!r} is not HOST:PORT with a port from 1 to 65535 "
+                         "(write unix@PATH for a unix socket path with a colon)")
     if not value or "\0" in value:
         raise InputError(f"{what}: {value!r} is neither a unix socket path nor HOST:PORT")
     return socket.AF_UNIX, value
@@ -47,6 +52,7 @@ def push(address: str, der: bytes, *, timeout: float) -> None:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(addr)
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))  # one deadline for the whole push
             sock.sendall(command)
             # Non-interactive mode: HAProxy answers, then closes.
             answer = _read_answer(sock, deadline)

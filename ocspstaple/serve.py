@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 
 #: An OCSP request is a few hundred bytes; refuse to read more than this.
 MAX_REQUEST = 16 << 10
-#: CertID hash algorithms answered (mod_ssl and RFC 5019 use SHA-1).
-HASHES: tuple[hashes.HashAlgorithm, ...] = (hashes.SHA1(), hashes.SHA256(), hashes.SHA384(), hashes.SHA512())
+#: CertID hash algorithms answered: SHA-1, the one of the staples refresh
+#: asks for and of mod_ssl's requests.  A request with another hash gets
+#: unauthorized: its client could not match the staple's SHA-1 CertID.
+HASHES: tuple[hashes.HashAlgorithm, ...] = (hashes.SHA1(),)
 
 Clock = Callable[[], dt.datetime]
 CertIdKey = tuple[str, bytes, bytes, int]  # hash name, issuerNameHash, issuerKeyHash, serial

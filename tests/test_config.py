@@ -137,3 +137,100 @@ def test_single_pair_defaults():
     st = staple_from_options(cert=Path("site.pem"), issuer=Path("ca.pem"), output=Path("o.der"),
                              url="http://x/", options=Options(timeout=3), force=True)
     assert (st.output, st.urls, st.timeout, st.force) == (Path("o.der"), ("http://x/",), 3, True)
+
+
+# -- the HAProxy socket and the run-wide settings ([defaults] only) ----------------------------
+
+def test_haproxy_socket_and_run_settings_are_parsed(tmp_path):
+    from ocspstaple.config import RunSettings, read_config
+
+    cfg = write(tmp_path, """
+[defaults]
+haproxy_socket = "/run/haproxy/admin.sock"
+deploy_hook = "systemctl reload nginx"
+hook_timeout = 30
+jobs = 4
+
+[staple.a]
+cert = "a.pem"
+
+[staple.b]
+cert = "b.pem"
+haproxy_socket = "ipv4@127.0.0.1:9999"
+""")
+    config = read_config(cfg, cli=Options(), force=False)
+    a, b = config.staples
+    assert isinstance(a, Staple) and isinstance(b, Staple)
+    assert a.haproxy_socket == "/run/haproxy/admin.sock" and b.haproxy_socket == "ipv4@127.0.0.1:9999"
+    assert config.run == RunSettings(deploy_hook="systemctl reload nginx", hook_timeout=30.0, jobs=4)
+    assert type(config.run.hook_timeout) is float and type(config.run.jobs) is int
+    # the command line wins over both tables
+    a, b = read_config(cfg, cli=Options(haproxy_socket="unix@/tmp/x.sock"), force=False).staples
+    assert a.haproxy_socket == b.haproxy_socket == "unix@/tmp/x.sock"  # type: ignore[union-attr]
+
+
+def test_run_settings_absent_and_overridden(tmp_path):
+    """Twin of the parse test: without the keys, nothing is set."""
+    from ocspstaple.config import RunSettings, read_config
+
+    config = read_config(write(tmp_path, '[staple.a]\ncert = "a.pem"\n'), cli=Options(), force=False)
+    assert config.run == RunSettings(deploy_hook=None, hook_timeout=None, jobs=None)
+    (a,) = config.staples
+    assert isinstance(a, Staple) and a.haproxy_socket is None
+    file = RunSettings(deploy_hook="from-file", hook_timeout=5.0, jobs=3)
+    assert RunSettings(jobs=1).over(file) == RunSettings(deploy_hook="from-file", hook_timeout=5.0, jobs=1)
+    assert RunSettings().over(file) == file
+
+
+@pytest.mark.parametrize("line, why", [
+    ('deploy_hook = ""', "non-empty string"),
+    ("deploy_hook = 5", "non-empty string"),
+    ('deploy_hook = ["systemctl", "reload", "nginx"]', "non-empty string"),
+    ("hook_timeout = 0", "between 0 and 3600"),
+    ("hook_timeout = -1", "between 0 and 3600"),
+    ("hook_timeout = 3601", "between 0 and 3600"),
+    ('hook_timeout = "30"', "expected a number"),
+    ("hook_timeout = true", "expected a number"),
+    ("jobs = 0", "1 to 256"),
+    ("jobs = 257", "1 to 256"),
+    ("jobs = 2.0", "1 to 256"),
+    ("jobs = true", "1 to 256"),
+    ('jobs = "4"', "1 to 256"),
+    ('haproxy_socket = "127.0.0.1:99999"', "out of range"),
+    ('haproxy_socket = "127.0.0.1:http"', "HOST:PORT"),
+    ('haproxy_socket = ""', "non-empty string"),
+    ("haproxy_socket = 9999", "non-empty string"),
+])
+def test_bad_run_settings_are_config_errors(tmp_path, line, why):
+    cfg = write(tmp_path, f'[defaults]\n{line}\n[staple.a]\ncert = "a.pem"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, cli=Options(), force=False)
+    assert why in str(e.value) and line.split()[0] in str(e.value) and "[defaults]" in str(e.value)
+
+
+@pytest.mark.parametrize("line, why", [
+    ('deploy_hook = "systemctl reload nginx"', "unknown key(s) deploy_hook"),
+    ("hook_timeout = 5", "unknown key(s) hook_timeout"),
+    ("jobs = 2", "unknown key(s) jobs"),
+    ('haproxy_socket = "127.0.0.1:0"', "out of range"),
+    ("haproxy_socket = 5", "non-empty string"),
+])
+def test_bad_deploy_keys_in_a_staple_table_spoil_that_staple(tmp_path, line, why):
+    cfg = write(tmp_path, f'[staple.bad]\ncert = "a.pem"\n{line}\n[staple.good]\ncert = "b.pem"\n'
+                          'haproxy_socket = "/run/haproxy/admin.sock"\n')
+    bad, good = load_config(cfg, cli=Options(), force=False)
+    assert isinstance(bad, BadEntry) and why in bad.reason and "[staple.bad]" in bad.reason
+    assert bad.name == str(tmp_path / "a.pem")
+    assert isinstance(good, Staple) and good.haproxy_socket == "/run/haproxy/admin.sock"
+
+
+def test_bad_haproxy_socket_on_the_command_line(tmp_path):
+    cfg = write(tmp_path, '[staple.a]\ncert = "a.pem"\n')
+    with pytest.raises(InputError, match="--haproxy-socket"):
+        load_config(cfg, cli=Options(haproxy_socket="127.0.0.1:0"), force=False)
+    with pytest.raises(InputError, match="--haproxy-socket"):
+        staple_from_options(cert=Path("a.pem"), issuer=None, output=None, url=None,
+                            options=Options(haproxy_socket="ipv4@nowhere"), force=False)
+    st = staple_from_options(cert=Path("a.pem"), issuer=None, output=None, url=None,
+                             options=Options(haproxy_socket="127.0.0.1:9999"), force=False)
+    assert st.haproxy_socket == "127.0.0.1:9999"
