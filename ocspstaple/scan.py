@@ -38,6 +38,9 @@ def scan_dir(directory: Path, *, options: Options, force: bool) -> list[Staple]:
             continue
         staples.append(staple_from_options(cert=path, issuer=None, output=None, url=None,
                                            options=options, force=force))
+    if not staples:
+        log.warning("--scan %s: no *.pem with its issuer inside and an OCSP URL; nothing to do there%s",
+                    directory, "" if paths else " (no *.pem at all)")
     return staples
 
 

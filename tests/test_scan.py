@@ -164,3 +164,16 @@ def test_scan_with_another_input_is_a_usage_error(tmp_path: Path, extra: list[st
     assert run.code == 2, run.err
     assert "Usage:" in run.err and "Traceback" not in run.err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_directory_with_nothing_to_staple_is_a_warning(tmp_path: Path, ca: CA, responder: Responder):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "key-only.pem").write_bytes(ca.issue("x.example.test").key_pem)
+    r = refresh("--scan", empty)
+    assert r.code == 0 and len(r.lines) == 1 and "nothing to do" in r.lines[0] and str(empty) in r.lines[0]
+    # twin: a directory with a combined PEM in it gives no such warning
+    full = tmp_path / "full"
+    full.mkdir()
+    populate(full, ca, responder)
+    assert "nothing to do" not in refresh("--scan", full).err
