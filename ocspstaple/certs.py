@@ -158,3 +158,13 @@ def describe(cert: x509.Certificate) -> str:
     if cns:
         return str(cns[0].value)
     return cert.subject.rfc4514_string() or f"serial {cert.serial_number:X}"
+
+
+def must_staple(cert: x509.Certificate) -> bool:
+    """Whether the certificate carries the TLS Feature status_request (RFC 7633):
+    browsers then refuse the connection without a staple."""
+    try:
+        features = cert.extensions.get_extension_for_class(x509.TLSFeature).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return x509.TLSFeatureType.status_request in features

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import click
 
@@ -74,6 +74,14 @@ def _staple_inputs(*, with_url: bool) -> Callable[[F], F]:
         click.option("--scan", "scan_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
                      help="Directory of combined PEMs (HAProxy): each *.pem with its issuer inside gets "
                           "*.pem.ocsp. Repeatable."),
+        click.option("--certbot-dir", type=click.Path(path_type=Path, file_okay=False), is_flag=False,
+                     flag_value="/etc/letsencrypt", default=None, metavar="[DIR]",
+                     help="certbot's config directory: every lineage in DIR/live is a staple, written to "
+                          "--output-dir as NAME.der. DIR defaults to /etc/letsencrypt."),
+        click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="With --certbot-dir: where the NAME.der staples go."),
+        click.option("--cert-name", "cert_names", multiple=True, metavar="NAME",
+                     help="With --certbot-dir: only this lineage. Repeatable."),
     ]
     if with_url:
         options.insert(3, click.option("--url", help="OCSP responder URL, instead of the one in the certificate."))
@@ -85,38 +93,63 @@ def _staple_inputs(*, with_url: bool) -> Callable[[F], F]:
     return decorate
 
 
-def _gather(
-    *,
-    cert: Path | None,
-    issuer: Path | None,
-    output: Path | None,
-    url: str | None,
-    config_path: Path | None,
-    scan_dirs: tuple[Path, ...],
-    options: Any,
-    force: bool,
-) -> tuple[list[Any], Any]:
-    """The staples and run settings the inputs name; InputError when they are unusable."""
-    from ocspstaple.config import RunSettings, read_config, staple_from_options
+_state_dir_option = click.option(
+    "--state-dir", type=click.Path(path_type=Path, file_okay=False),
+    help="Directory for the records of the last attempts. Default: beside each staple (.NAME.state.json).")
+
+
+def _gather(inputs: dict[str, Any], *, options: Any, force: bool, renewed: Path | None = None) -> tuple[list[Any], Any]:
+    """The staples and run settings the inputs (the options of _staple_inputs)
+    name; InputError when they are unusable.
+
+    ``renewed``: the lineage certbot just renewed (its deploy hook): only that
+    lineage in certbot mode, and in every mode its staples are fetched at once.
+    """
+    from dataclasses import replace
+
+    from ocspstaple import certbot
+    from ocspstaple.config import RunSettings, Staple, read_config, staple_from_options
     from ocspstaple.scan import scan_dir
 
-    if sum((cert is not None, config_path is not None, bool(scan_dirs))) != 1:
-        raise click.UsageError("give one of --cert, --config or --scan")
+    cert, issuer, output, url = (inputs.get(k) for k in ("cert", "issuer", "output", "url"))
+    config_path, scan_dirs, certbot_dir = inputs["config_path"], inputs["scan_dirs"], inputs["certbot_dir"]
+    output_dir, cert_names = inputs["output_dir"], inputs["cert_names"]
+    log = logging.getLogger("ocspstaple.cli")
+    if sum((cert is not None, config_path is not None, bool(scan_dirs), certbot_dir is not None)) != 1:
+        raise click.UsageError("give one of --cert, --config, --scan or --certbot-dir")
     if cert is None and (issuer or output or url):
         raise click.UsageError("--issuer, --output and --url go with --cert; put them in the config file")
+    if certbot_dir is None and (output_dir or cert_names):
+        raise click.UsageError("--output-dir and --cert-name go with --certbot-dir")
+    run = RunSettings()
     if config_path is not None:
         config = read_config(config_path, cli=options, force=force)
-        return config.staples, config.run
-    if cert is not None:
-        return [staple_from_options(cert=cert, issuer=issuer, output=output, url=url,
-                                    options=options, force=force)], RunSettings()
-    staples: list[Any] = []
-    for d in scan_dirs:
-        staples += scan_dir(d, options=options, force=force)
-    return staples, RunSettings()
+        staples, run = config.staples, config.run
+    elif cert is not None:
+        staples = [staple_from_options(cert=cert, issuer=issuer, output=output, url=url, options=options, force=force)]
+    elif certbot_dir is not None:
+        if output_dir is None:
+            raise click.UsageError("--certbot-dir needs --output-dir (where NAME.der goes)")
+        names = cert_names
+        if renewed is not None:
+            # certbot's deploy hook: the renewed lineage only (if it is among --cert-name's).
+            names = (renewed.name,) if not cert_names or renewed.name in cert_names else ()
+            if not names:
+                log.info("%s: renewed, but not among --cert-name %s; nothing to do", renewed, " ".join(cert_names))
+                return [], run
+        staples = certbot.lineages(certbot_dir, output_dir=output_dir, names=names, options=options, force=force)
+    else:
+        staples = []
+        for d in scan_dirs:
+            staples += scan_dir(d, options=options, force=force)
+    if renewed is not None:
+        # The staple on disk is for the old certificate: fetch for the new one now.
+        staples = [replace(st, force=True) if isinstance(st, Staple) and certbot.within(st.cert, renewed) else st
+                   for st in staples]
+    return staples, run
 
 
-def _fail_input(e: Exception) -> None:
+def _fail_input(e: Exception) -> NoReturn:
     logging.getLogger("ocspstaple.cli").error("%s", e)
     sys.exit(EXIT_BAD)
 
@@ -134,7 +167,8 @@ def _fail_input(e: Exception) -> None:
 @click.option("--lock-timeout", type=click.FloatRange(0, 3600, min_open=True), default=None,
               help="Seconds to wait for another run holding the output's lock. Default: 60.")
 @click.option("--jobs", type=click.IntRange(1, 256), default=None,
-              help="Certificates refreshed at once. Default: 8.")
+              help="Certificates refreshed at once. Default: 8. No responder host gets more than 8 requests "
+                   "at a time, whatever --jobs says.")
 @click.option("--haproxy-socket", metavar="SOCKET",
               help="HAProxy stats socket (unix path or HOST:PORT) to push each new staple to.")
 @click.option("--deploy-hook", metavar="CMD",
@@ -142,15 +176,14 @@ def _fail_input(e: Exception) -> None:
                    "the changed files are in $OCSPSTAPLE_CHANGED.")
 @click.option("--hook-timeout", type=click.FloatRange(0, 3600, min_open=True), default=None,
               help="Seconds the deploy hook may take before it is stopped. Default: 60.")
+@click.option("--nginx-test", is_flag=False, flag_value="nginx -t -q", default=None, metavar="[CMD]",
+              help="Run CMD (default: nginx -t -q) before the deploy hook; if it fails, skip the hook and say so.")
+@_state_dir_option
+@click.option("--metrics-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write Prometheus metrics (node_exporter textfile format) here after the run.")
 @click.option("-v", "--verbose", count=True, help="Say what happened to every certificate (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only, not kept-staple warnings.")
 def refresh(
-    cert: Path | None,
-    issuer: Path | None,
-    output: Path | None,
-    url: str | None,
-    config_path: Path | None,
-    scan_dirs: tuple[Path, ...],
     force: bool,
     timeout: float | None,
     proxy: str | None,
@@ -161,8 +194,12 @@ def refresh(
     haproxy_socket: str | None,
     deploy_hook: str | None,
     hook_timeout: float | None,
+    nginx_test: str | None,
+    state_dir: Path | None,
+    metrics_file: Path | None,
     verbose: int,
     quiet: bool,
+    **inputs: Any,
 ) -> None:
     """Fetch and validate OCSP responses; replace each stapling file only with
     a valid, fresher response.
@@ -176,24 +213,46 @@ def refresh(
     """
     _setup_logging(verbose, quiet)
 
-    from ocspstaple.config import Options, RunSettings
+    from ocspstaple.certbot import renewed_lineage
+    from ocspstaple.config import Options, RunSettings, shared_outputs
     from ocspstaple.errors import InputError
 
     try:
         validity = _duration(default_validity) if default_validity is not None else None
         options = Options(timeout=timeout, proxy=proxy, refresh_at=refresh_at, default_validity=validity,
                           lock_timeout=lock_timeout, haproxy_socket=haproxy_socket)
-        staples, from_file = _gather(cert=cert, issuer=issuer, output=output, url=url, config_path=config_path,
-                                     scan_dirs=scan_dirs, options=options, force=force)
+        staples, from_file = _gather(inputs, options=options, force=force, renewed=renewed_lineage())
     except InputError as e:
         _fail_input(e)
-    run = RunSettings(deploy_hook=deploy_hook, hook_timeout=hook_timeout, jobs=jobs).over(from_file)
-    sys.exit(_run(staples, run))
+    run = RunSettings(deploy_hook=deploy_hook, hook_timeout=hook_timeout, jobs=jobs, state_dir=state_dir,
+                      metrics_file=metrics_file, nginx_test=nginx_test).over(from_file)
+    log = logging.getLogger("ocspstaple.cli")
+    for warning in shared_outputs(staples):
+        log.warning("%s", warning)
+    if run.nginx_test and not run.deploy_hook:
+        log.warning("--nginx-test is set but there is no deploy hook to guard; it is not run")
+    sys.exit(_run(staples, run, progress=_progress(len(staples), quiet=quiet, verbose=verbose)))
 
 
-def _run(staples: list[Any], run: Any) -> int:
+def _progress(total: int, *, quiet: bool, verbose: int) -> Any:
+    """A progress bar when stderr is a terminal and the run is long; else None."""
+    from ocspstaple import progress
+
+    if not progress.wanted(total, sys.stderr, quiet=quiet, verbose=verbose):
+        return None
+    bar = progress.Progress(total, sys.stderr)
+    handler = progress.Handler(sys.stderr, bar)
+    root = logging.getLogger("ocspstaple")
+    handler.setFormatter(root.handlers[0].formatter)
+    root.handlers[:] = [handler]
+    return bar
+
+
+def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
     import datetime as dt
+    import time
 
+    from ocspstaple import state
     from ocspstaple.config import DEFAULT_HOOK_TIMEOUT, Staple
     from ocspstaple.deploy import changed_outputs, push_staples, run_hook
     from ocspstaple.errors import DeployError
@@ -213,13 +272,17 @@ def _run(staples: list[Any], run: Any) -> int:
     def clock() -> dt.datetime:
         return dt.datetime.now(dt.timezone.utc)
 
+    started = time.monotonic()
     try:
-        outcomes = refresh_all(staples, network=network, clock=clock, store=FileStore(), jobs=run.jobs)
+        outcomes = refresh_all(staples, network=network, clock=clock, store=FileStore(), jobs=run.jobs,
+                               on_done=progress, hold=lambda st: state.load(st.output, run.state_dir).retry_after)
     except KeyboardInterrupt:
         # Writes are atomic: whatever was interrupted left the staple as it was.
         log.error("interrupted; staples not yet refreshed are left as they were")
         return 130
     finally:
+        if progress is not None:
+            progress.clear()
         for t in transports.values():
             t.close()
     code = exit_code(outcomes)
@@ -228,13 +291,56 @@ def _run(staples: list[Any], run: Any) -> int:
         code = max(code, EXIT_KEPT)
     changed = changed_outputs(outcomes)
     if run.deploy_hook and changed:
+        timeout = run.hook_timeout or DEFAULT_HOOK_TIMEOUT
         try:
-            run_hook(run.deploy_hook, changed, timeout=run.hook_timeout or DEFAULT_HOOK_TIMEOUT)
+            if run.nginx_test:
+                try:
+                    run_hook(run.nginx_test, changed, timeout=timeout, what="configuration test")
+                except DeployError as e:
+                    raise DeployError(f"{e}, so the deploy hook {run.deploy_hook!r} was not run") from None
+            run_hook(run.deploy_hook, changed, timeout=timeout)
         except DeployError as e:
             log.error("%s; the %d changed staple(s) are written: %s", e, len(changed),
                       ", ".join(map(str, changed)))
             code = max(code, EXIT_KEPT)
+    _record(staples, outcomes, run, clock(), code=code, duration_s=time.monotonic() - started)
     return code
+
+
+def _record(staples: list[Any], outcomes: list[Any], run: Any, now: Any, *, code: int, duration_s: float) -> None:
+    """Save each attempted staple's state record; write the metrics file if asked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ocspstaple import state
+    from ocspstaple.config import Staple
+    from ocspstaple.errors import StoreError
+    from ocspstaple.refresh import DEFAULT_JOBS
+    from ocspstaple.status import MetricStaple, metrics_text
+    from ocspstaple.store import atomic_write
+
+    def record_of(st: Any, o: Any) -> Any:
+        if not isinstance(st, Staple) or (o.fetched is None and run.metrics_file is None):
+            return state.Record()  # nothing to save, nothing to report: a no-op run stays cheap
+        record = state.load(st.output, run.state_dir)
+        if o.fetched is not None:
+            record = (record.succeeded(now, o.result.value, o.retry_after) if o.fetched
+                      else record.failed(now, o.result.value, o.error or o.message))
+            state.save(st.output, run.state_dir, record, lock_timeout=st.lock_timeout,
+                       quiet=o.result.exit_code > 0)
+        return record
+
+    # Each save takes the staple's lock: as many at once as the refreshes were.
+    with ThreadPoolExecutor(max_workers=run.jobs or DEFAULT_JOBS) as pool:
+        records = list(pool.map(record_of, staples, outcomes))
+    metrics = [MetricStaple(name=o.name, output=o.output, staple=o.staple, must_staple=o.must_staple, record=r)
+               for o, r in zip(outcomes, records, strict=True)]
+    if run.metrics_file is None:
+        return
+    text = metrics_text(metrics, duration_s=duration_s, ended=now, code=code)
+    try:
+        atomic_write(run.metrics_file, text.encode())
+    except StoreError as e:  # the run's outcome stands
+        logging.getLogger("ocspstaple.cli").error("cannot write the metrics file %s: %s", run.metrics_file, e)
 
 
 @main.command()
@@ -245,17 +351,7 @@ def _run(staples: list[Any], run: Any) -> int:
               help="How long a response without nextUpdate counts as valid. Default: 1d.")
 @click.option("-v", "--verbose", count=True, help="Log every certificate loaded (-vv: every request).")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
-def serve(
-    cert: Path | None,
-    issuer: Path | None,
-    output: Path | None,
-    config_path: Path | None,
-    scan_dirs: tuple[Path, ...],
-    listen: str,
-    default_validity: str | None,
-    verbose: int,
-    quiet: bool,
-) -> None:
+def serve(listen: str, default_validity: str | None, verbose: int, quiet: bool, **inputs: Any) -> None:
     """Answer OCSP requests from the stapling files, for httpd's SSLStaplingForceURL.
 
     Serves the validated staple for each certificate that refresh keeps
@@ -277,8 +373,7 @@ def serve(
     log = logging.getLogger("ocspstaple.cli")
     try:
         validity = _duration(default_validity) if default_validity is not None else None
-        staples, _ = _gather(cert=cert, issuer=issuer, output=output, url=None, config_path=config_path,
-                             scan_dirs=scan_dirs, options=Options(default_validity=validity), force=False)
+        staples, _ = _gather(inputs, options=Options(default_validity=validity), force=False)
     except InputError as e:
         _fail_input(e)
     bad = [st for st in staples if not isinstance(st, Staple)]
@@ -312,3 +407,161 @@ def serve(
         pass
     finally:
         server.server_close()
+
+
+def _examine(inputs: dict[str, Any], state_dir: Path | None) -> list[Any]:
+    """The rows of status and check (InputError when the inputs are unusable)."""
+    import datetime as dt
+
+    from ocspstaple.config import Options
+    from ocspstaple.status import examine
+    from ocspstaple.store import FileStore
+
+    staples, run = _gather(inputs, options=Options(), force=False)
+    return examine(staples, store=FileStore(), clock=lambda: dt.datetime.now(dt.timezone.utc),
+                   state_dir=state_dir if state_dir is not None else run.state_dir)
+
+
+@main.command()
+@_staple_inputs(with_url=False)
+@_state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON array instead of the table (times in ISO 8601 UTC).")
+def status(state_dir: Path | None, as_json: bool, **inputs: Any) -> None:
+    """Show where every staple stands: status, times, time left, next refresh,
+    must-staple, and the last failure with its reason. Fetches nothing.
+
+    \b
+    Exit status:
+      0  every staple is valid and good
+      2  some staple is missing, expired or revoked, or the input was bad
+    """
+    import datetime as dt
+
+    from ocspstaple.errors import InputError
+    from ocspstaple.status import format_table, table, to_json
+
+    _setup_logging(0, False)
+    try:
+        rows = _examine(inputs, state_dir)
+    except InputError as e:
+        _fail_input(e)
+    now = dt.datetime.now(dt.timezone.utc)
+    if as_json:
+        click.echo(to_json(rows, now))
+    else:
+        colours = {"good": "green", "revoked": "red", "none": "red"}
+
+        def style(text: str, cell: str) -> str:
+            return click.style(text, fg=colours.get(cell.split()[0], "yellow"))
+
+        # click.echo drops the colours when stdout is not a terminal.
+        click.echo(format_table(table(rows, now), style=style))
+    fine = all(r.usable and r.status == "good" for r in rows)
+    sys.exit(EXIT_OK if fine else EXIT_BAD)
+
+
+class _PluginCommand(click.Command):
+    """A monitoring plugin: a usage error is UNKNOWN (3), not click's 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            click.echo(f"OCSPSTAPLE UNKNOWN - {e.format_message()}")
+            ctx.exit(3)
+
+
+@main.command(cls=_PluginCommand)
+@_staple_inputs(with_url=False)
+@_state_dir_option
+@click.option("--warning", default="40%", show_default=True, metavar="LEFT",
+              help="WARNING when a staple has less than this left: a share of its validity window (40%) "
+                   "or a duration (36h).")
+@click.option("--critical", default="20%", show_default=True, metavar="LEFT",
+              help="CRITICAL when a staple has less than this left (share or duration).")
+@click.option("--max-failing", default="6h", show_default=True, metavar="DURATION",
+              help="WARNING when refreshes have failed for longer than this.")
+def check(state_dir: Path | None, warning: str, critical: str, max_failing: str, **inputs: Any) -> None:
+    """Monitoring plugin (Nagios/Icinga conventions): one status line with
+    perfdata. CRITICAL when a staple is missing, expired or revoked, or has
+    less than --critical left (or less than --warning, for a must-staple
+    certificate); WARNING when it has less than --warning left or refreshes
+    have failed for longer than --max-failing.
+
+    \b
+    Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    """
+    import datetime as dt
+
+    from ocspstaple.config import parse_duration
+    from ocspstaple.errors import InputError
+    from ocspstaple.status import Threshold, check_line
+
+    _setup_logging(0, True)
+    try:
+        warn = Threshold.parse(warning, "--warning")
+        crit = Threshold.parse(critical, "--critical")
+        failing = parse_duration(max_failing, "--max-failing")
+        rows = _examine(inputs, state_dir)
+    except (InputError, click.UsageError) as e:
+        click.echo(f"OCSPSTAPLE UNKNOWN - {e.format_message() if isinstance(e, click.UsageError) else e}")
+        sys.exit(3)
+    state, line = check_line(rows, dt.datetime.now(dt.timezone.utc), warning=warn, critical=crit,
+                             max_failing=failing)
+    click.echo(line)
+    sys.exit(int(state))
+
+
+@main.command()
+@click.argument("staple_file", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--cert", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Certificate (PEM) the staple should be for.")
+@click.option("--issuer", type=click.Path(path_type=Path, dir_okay=False),
+              help="Issuer certificate (PEM). Default: the certificate in CERT that signed it.")
+@click.option("--default-validity", default=None, metavar="DURATION",
+              help="How long a response without nextUpdate counts as valid. Default: 1d.")
+def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity: str | None) -> None:
+    """Validate an existing stapling FILE with the same rules as refresh, and
+    print what it says (status, times, signer).
+
+    \b
+    Exit status:
+      0  valid, and the certificate is good
+      2  not valid (the reason is printed), or valid and revoked
+    """
+    import datetime as dt
+
+    from ocspstaple.certs import describe, load_pair
+    from ocspstaple.config import DEFAULT_VALIDITY
+    from ocspstaple.errors import InputError, StoreError, ValidationError
+    from ocspstaple.store import read_staple
+    from ocspstaple.validate import CertStatus, fmt_time, validate
+
+    _setup_logging(0, False)
+    try:
+        validity = _duration(default_validity) if default_validity is not None else DEFAULT_VALIDITY
+        pair = load_pair(cert, issuer)
+        data = read_staple(staple_file)
+    except (InputError, StoreError) as e:
+        _fail_input(InputError(f"{staple_file}: {e}"))
+    if data is None:
+        _fail_input(InputError(f"{staple_file}: no such file"))
+    try:
+        r = validate(data, pair=pair, now=dt.datetime.now(dt.timezone.utc), default_validity=validity)
+    except ValidationError as e:
+        click.echo(f"{staple_file}: NOT VALID for {describe(pair.cert)} (serial {pair.serial_hex}): {e}")
+        sys.exit(EXIT_BAD)
+    lines = [
+        f"{staple_file}: valid, certificate {'REVOKED' if r.status is CertStatus.REVOKED else 'good'}",
+        f"  certificate:  {describe(pair.cert)} (serial {pair.serial_hex})",
+        f"  this update:  {fmt_time(r.this_update)}",
+        f"  next update:  {fmt_time(r.next_update) if r.next_update else '(none)'}",
+        f"  usable until: {fmt_time(r.expires)}",
+        f"  produced at:  {fmt_time(r.produced_at)}",
+        f"  signed by:    {r.signer}",
+    ]
+    if r.status is CertStatus.REVOKED:
+        lines.append(f"  revoked at:   {fmt_time(r.revocation_time) if r.revocation_time else '(not given)'}"
+                     + (f", reason {r.revocation_reason}" if r.revocation_reason else ""))
+    click.echo("\n".join(lines))
+    sys.exit(EXIT_BAD if r.status is CertStatus.REVOKED else EXIT_OK)

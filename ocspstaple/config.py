@@ -7,11 +7,12 @@ are relative to the config file's directory.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ocspstaple.errors import ConfigError, InputError
 from ocspstaple.urls import check_url
@@ -21,6 +22,7 @@ DEFAULT_REFRESH_AT = 0.5
 DEFAULT_VALIDITY = dt.timedelta(days=1)
 DEFAULT_LOCK_TIMEOUT = 60.0
 DEFAULT_HOOK_TIMEOUT = 60.0
+NGINX_TEST = "nginx -t -q"
 MAX_CONFIG_BYTES = 64 << 20
 
 
@@ -69,6 +71,12 @@ class RunSettings:
     deploy_hook: str | None = None
     hook_timeout: float | None = None
     jobs: int | None = None
+    #: where state records go (None: beside each staple)
+    state_dir: Path | None = None
+    #: Prometheus textfile to write after each run
+    metrics_file: Path | None = None
+    #: a command that must succeed before the deploy hook runs (``nginx -t -q``)
+    nginx_test: str | None = None
 
     def over(self, base: RunSettings) -> RunSettings:
         """These settings, with ``base`` filling in what is not given."""
@@ -195,6 +203,9 @@ _RUN_KEYS: Mapping[str, Any] = {
     "deploy_hook": _str,
     "hook_timeout": _num(check_timeout),
     "jobs": check_jobs,
+    "state_dir": lambda v, where: Path(_str(v, where)),
+    "metrics_file": lambda v, where: Path(_str(v, where)),
+    "nginx_test": lambda v, where: NGINX_TEST if v is True else (None if v is False else _str(v, where)),
 }
 _STAPLE_KEYS = {"cert", "issuer", "output", "url"}
 
@@ -238,6 +249,8 @@ def read_config(path: Path, *, cli: Options, force: bool) -> Config:
     except InputError as e:
         raise ConfigError(str(e)) from None
     root = path.parent
+    run = replace(run, state_dir=root / run.state_dir if run.state_dir else None,
+                  metrics_file=root / run.metrics_file if run.metrics_file else None)
     out: list[Staple | BadEntry] = []
     for name, table in staples.items():
         try:
@@ -278,3 +291,19 @@ def _staple(
     st = Staple(name=str(cert), cert=cert, issuer=issuer, output=output, urls=tuple(urls), force=force)
     return _with_options(st, merged)
 
+
+
+def shared_outputs(staples: Sequence[Staple | BadEntry]) -> list[str]:
+    """A warning for each output file that several certificates are written to:
+    every run would replace one certificate's staple with another's.
+
+    Files are compared where their links lead; they are named as configured.
+    """
+    by_output: dict[str, dict[str, str]] = {}
+    for st in staples:
+        if isinstance(st, Staple):
+            certs = by_output.setdefault(os.path.realpath(st.output), {})
+            certs.setdefault(os.path.realpath(st.cert), str(st.cert))
+    return [f"{out}: written for {len(certs)} certificates ({', '.join(certs.values())}); each run would "
+            "replace one's staple with another's: give each its own output"
+            for out, certs in by_output.items() if len(certs) > 1]

@@ -64,7 +64,7 @@ def changed_outputs(outcomes: Sequence[Outcome]) -> list[Path]:
     return list(seen)
 
 
-def run_hook(command: str, changed: Sequence[Path], *, timeout: float) -> None:
+def run_hook(command: str, changed: Sequence[Path], *, timeout: float, what: str = "deploy hook") -> None:
     """Run the deploy hook with /bin/sh once; raise DeployError if it fails or hangs.
 
     The hook runs in its own process group, so that on a timeout whatever it
@@ -76,15 +76,15 @@ def run_hook(command: str, changed: Sequence[Path], *, timeout: float) -> None:
         proc = subprocess.Popen(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     except OSError as e:
-        raise DeployError(f"deploy hook {command!r} could not start: {e.strerror or e}") from None
+        raise DeployError(f"{what} {command!r} could not start: {e.strerror or e}") from None
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _stop_group(proc)
-        raise DeployError(f"deploy hook {command!r} did not finish within {timeout:g} s and was stopped") from None
+        raise DeployError(f"{what} {command!r} did not finish within {timeout:g} s and was stopped") from None
     if code != 0:
         how = f"was killed by signal {-code}" if code < 0 else f"failed with exit status {code}"
-        raise DeployError(f"deploy hook {command!r} {how}")
+        raise DeployError(f"{what} {command!r} {how}")
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:

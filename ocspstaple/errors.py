@@ -29,6 +29,11 @@ class ValidationError(OcspstapleError):
 class StaleError(ValidationError):
     """A valid response that is not fresher than the staple on disk."""
 
+    def __init__(self, message: str, this_update: object = None) -> None:
+        super().__init__(message)
+        #: the refused response's thisUpdate
+        self.this_update = this_update
+
 
 class StoreError(OcspstapleError):
     """The staple could not be read, locked or written."""

@@ -7,12 +7,16 @@ URL stays short, POST otherwise or after an error answer) over a
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import email.utils
 import logging
+import os
+import queue
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ocspstaple.errors import FetchError
 from ocspstaple.urls import check_url
@@ -25,6 +29,22 @@ MAX_RESPONSE_BYTES = 64 * 1024
 MAX_GET_URL = 255
 DEFAULT_TIMEOUT = 10.0
 _CHUNK = 8192
+
+#: At most this many requests to one responder (scheme, host, port) are in
+#: flight at once, however many staples are refreshed in parallel (--jobs), so
+#: that one CA is never flooded.  8 equals the default --jobs, so a fleet on a
+#: single CA (the common case) gets the whole default parallelism; raising
+#: --jobs helps only when the staples spread over several responders.  Eight
+#: one-round-trip GETs of a few KiB at once is less than one browser page load
+#: asks of a server (browsers open six connections per host, each pipelining
+#: many requests); a request counts against the cap from just before it is
+#: sent until its socket work has really ended, even when the caller has
+#: already given up at the deadline.
+MAX_PER_HOST = 8
+# Connections kept for reuse when all requests go through one proxy (every
+# responder then shares the proxy's pool): the most staples a run refreshes
+# at once (--jobs is at most 256).
+_PROXY_POOL = 256
 
 
 @dataclass(frozen=True)
@@ -49,25 +69,58 @@ def get_url(url: str, request: bytes) -> str:
     return url.rstrip("/") + "/" + urllib.parse.quote(b64, safe="")
 
 
-def fetch_response(transport: Transport, url: str, request: bytes) -> bytes:
-    """Ask the responder at ``url``; return the body of its 200 answer.
+@dataclass(frozen=True)
+class Fetched:
+    """A responder's 200 answer: the body, how it was asked, and its headers."""
+
+    body: bytes
+    method: str  # "GET" or "POST"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def max_age(self) -> int | None:
+        """Cache-Control max-age in seconds, if the responder gave one."""
+        for part in self.headers.get("cache-control", "").split(","):
+            name, _, value = part.strip().partition("=")
+            if name.lower() == "max-age" and value.strip().strip('"').isdigit():
+                return int(value.strip().strip('"'))
+        return None
+
+    @property
+    def date(self) -> dt.datetime | None:
+        """The HTTP Date header: the responder's clock."""
+        try:
+            d = email.utils.parsedate_to_datetime(self.headers.get("date", ""))
+        except (TypeError, ValueError):
+            return None
+        return d if d.tzinfo is not None else None
+
+
+def fetch(transport: Transport, url: str, request: bytes, *, uncached: bool = False) -> Fetched:
+    """Ask the responder at ``url``; return its 200 answer.
 
     GET when the URL fits in 255 bytes (cacheable, RFC 5019); POST otherwise,
-    and after a 4xx, a 5xx or a malformedRequest answer to GET.
+    and after a 4xx, a 5xx or a malformedRequest answer to GET.  ``uncached``:
+    POST at once (caches and CDNs pass POST through to the responder).
     """
     check_url(url)
     gurl = get_url(url, request)
-    if len(gurl) <= MAX_GET_URL:
+    if not uncached and len(gurl) <= MAX_GET_URL:
         reply = transport.get(gurl)
         if reply.status == 200 and not _is_malformed_request(reply.body):
-            return reply.body
+            return Fetched(reply.body, "GET", reply.headers)
         if not (400 <= reply.status < 600 or reply.status == 200):
             raise FetchError(_http_problem(reply, url))
         log.debug("%s: GET answered HTTP %d; retrying with POST", url, reply.status)
     reply = transport.post(url, request)
     if reply.status != 200:
         raise FetchError(_http_problem(reply, url))
-    return reply.body
+    return Fetched(reply.body, "POST", reply.headers)
+
+
+def fetch_response(transport: Transport, url: str, request: bytes) -> bytes:
+    """The body of the responder's 200 answer (see fetch)."""
+    return fetch(transport, url, request).body
 
 
 def _http_problem(reply: HttpReply, url: str) -> str:
@@ -83,6 +136,105 @@ def _is_malformed_request(body: bytes) -> bool:
     return body == b"\x30\x03\x0a\x01\x01"
 
 
+class HostGates:
+    """One counting semaphore per responder origin (scheme, host, port).
+
+    Thread-safe.  ``acquire`` blocks until the origin has a free slot; the
+    slot is held until ``release``.  Every HttpTransport of a process shares
+    one HostGates (SHARED_GATES) unless given its own, so two transports
+    (say, two timeouts in one config) never add up to more than the cap.
+    """
+
+    def __init__(self, limit: int = MAX_PER_HOST) -> None:
+        if limit < 1:
+            raise ValueError("a per-host limit must be at least 1")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._gates: dict[tuple[str, str, int | None], threading.BoundedSemaphore] = {}
+
+    def acquire(self, url: str) -> threading.BoundedSemaphore:
+        key = _origin_key(url)
+        with self._lock:
+            gate = self._gates.get(key)
+            if gate is None:
+                gate = self._gates[key] = threading.BoundedSemaphore(self.limit)
+        gate.acquire()
+        return gate
+
+
+#: The gates shared by every HttpTransport that is not given its own.
+SHARED_GATES = HostGates(MAX_PER_HOST)
+
+
+class _Workers:
+    """Daemon threads that run requests, reused from one request to the next.
+
+    Starting a thread per request costs more than the request on loopback
+    once several staples run at once (the new thread has to win the GIL
+    before start() returns).  A call runs on an idle worker, or on a new one
+    when none is idle, so a request never waits for another to finish.
+    Daemon threads: a request abandoned at its deadline never holds up the
+    exit of the process.  Idle workers leave after IDLE seconds.
+    """
+
+    IDLE = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def run(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1  # that worker is spoken for
+        self._tasks.put(task)
+        if spawn:
+            threading.Thread(target=self._loop, name="ocspstaple-http", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                task = self._tasks.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0 and self._tasks.empty():
+                        self._idle -= 1
+                        return
+                continue
+            try:
+                task()
+            except BaseException:  # tasks catch their own errors; never lose a worker
+                log.debug("request worker: unexpected error", exc_info=True)
+            with self._lock:
+                self._idle += 1
+
+
+_WORKERS = _Workers()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: the idle workers and
+    the per-host slots they held are not its own.  Start afresh."""
+    global _WORKERS, SHARED_GATES
+    _WORKERS = _Workers()
+    SHARED_GATES = HostGates(MAX_PER_HOST)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _origin_key(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
 class HttpTransport:
     """HTTP over requests with a total wall-clock deadline and a size cap.
 
@@ -90,6 +242,15 @@ class HttpTransport:
     byte at a time would defeat it; every request therefore runs in a worker
     thread that the caller stops waiting for at the deadline, and the worker
     itself gives up at the deadline between reads.
+
+    Thread-safe: many threads may call ``get``/``post`` at once.  Each call
+    has its own worker thread and result; the requests.Session (a connection
+    pool per origin, sized to the per-host cap) is shared, so connections are
+    reused across staples.  At most ``gates.limit`` requests per origin are in
+    flight (MAX_PER_HOST by default): a call waits for a slot before its
+    deadline starts, and the worker holds the slot until its socket work has
+    ended, so a request abandoned at the deadline still counts until it is
+    really over.
     """
 
     def __init__(
@@ -98,14 +259,24 @@ class HttpTransport:
         timeout: float = DEFAULT_TIMEOUT,
         proxy: str | None = None,
         max_bytes: int = MAX_RESPONSE_BYTES,
+        gates: HostGates | None = None,
     ) -> None:
         import requests  # imported here: start-up time of `ocspstaple --help`
+        from requests.adapters import HTTPAdapter
 
         if proxy is not None:
             check_url(proxy, "proxy")
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self._gates = gates if gates is not None else SHARED_GATES
         self._session = requests.Session()
+        # Keep as many connections per origin as may be in flight, so that
+        # none is opened only to be thrown away.  Through a proxy every
+        # origin shares the proxy's pool.
+        proxied = proxy is not None or bool(_env_proxies())
+        pool = _PROXY_POOL if proxied else self._gates.limit
+        for prefix in ("http://", "https://"):
+            self._session.mount(prefix, HTTPAdapter(pool_connections=32, pool_maxsize=pool, max_retries=0))
         # trust_env (the default) honours HTTP_PROXY/http_proxy and NO_PROXY.
         self._proxies = {"http": proxy, "https": proxy} if proxy else None
 
@@ -119,19 +290,28 @@ class HttpTransport:
         self._session.close()
 
     def _bounded(self, method: str, url: str, body: bytes | None) -> HttpReply:
+        # Wait for a slot first: time spent queueing behind other staples for
+        # the same responder is not the responder's slowness.
+        gate = self._gates.acquire(url)
         deadline = time.monotonic() + self.timeout
         result: dict[str, Any] = {}
+        done = threading.Event()
 
         def run() -> None:
             try:
                 result["reply"] = self._send(method, url, body, deadline)
             except BaseException as e:  # handed to the caller below
                 result["error"] = e
+            finally:
+                gate.release()
+                done.set()
 
-        worker = threading.Thread(target=run, name=f"ocspstaple-{method}", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
+        try:
+            _WORKERS.run(run)
+        except BaseException:
+            gate.release()
+            raise
+        if not done.wait(self.timeout):
             raise FetchError(f"responder {_origin(url)} gave no complete answer within {self.timeout:g} s")
         if "error" in result:
             raise result["error"]
@@ -180,6 +360,13 @@ class HttpTransport:
         finally:
             r.close()
         return HttpReply(status=r.status_code, body=bytes(data), headers={k.lower(): v for k, v in r.headers.items()})
+
+
+def _env_proxies() -> dict[str, str]:
+    """HTTP(S) proxies named in the environment (requests honours them too)."""
+    import urllib.request
+
+    return {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https") and v}
 
 
 def _origin(url: str) -> str:

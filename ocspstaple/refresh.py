@@ -8,17 +8,19 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from dataclasses import dataclass
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from ocspstaple.certs import Pair, build_request, load_pair, ocsp_urls
+from ocspstaple.certs import Pair, build_request, check_issued_by, load_pair, must_staple, ocsp_urls, read_pem_file
 from ocspstaple.config import BadEntry, Staple
 from ocspstaple.errors import FetchError, InputError, StaleError, StoreError, ValidationError
-from ocspstaple.fetch import Transport, fetch_response
+from ocspstaple.fetch import Fetched, HttpReply, Transport, fetch
 from ocspstaple.store import Store
 from ocspstaple.urls import check_url
-from ocspstaple.validate import CertStatus, VerifiedResponse, check_window, fmt_time, validate, verify
+from ocspstaple.validate import SKEW, CertStatus, VerifiedResponse, check_window, fmt_time, validate, verify
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Result(enum.Enum):
     FRESH = "fresh"  # usable and not yet due: nothing fetched
     UNCHANGED = "unchanged"  # due, but the responder had nothing newer; still valid
     KEPT = "kept"  # the refresh failed; the previous staple is kept and valid
+    AT_RISK = "at-risk"  # as KEPT, for a must-staple certificate: browsers hard-fail once it runs out
     MISSING = "missing"  # no valid staple on disk, and none could be had
     REVOKED = "revoked"  # the staple on disk says revoked
     BAD_INPUT = "bad-input"  # unreadable certificate, wrong issuer, no URL, bad config
@@ -49,7 +52,7 @@ class Result(enum.Enum):
 _EXIT = {
     Result.WRITTEN: 0, Result.FRESH: 0, Result.UNCHANGED: 0,
     Result.KEPT: 1,
-    Result.MISSING: 2, Result.REVOKED: 2, Result.BAD_INPUT: 2,
+    Result.MISSING: 2, Result.REVOKED: 2, Result.BAD_INPUT: 2, Result.AT_RISK: 2,
 }
 
 
@@ -64,15 +67,28 @@ class Outcome:
     #: the valid staple on disk after the run, if any
     staple: VerifiedResponse | None = None
     changed: bool = False
+    #: True: a valid response was had this run; False: fetching was tried and
+    #: failed; None: nothing was tried (the staple was fresh, or the input bad)
+    fetched: bool | None = None
+    #: why the refresh failed, without the rest of the log line
+    error: str | None = None
+    #: the responder's Cache-Control max-age after an answer with nothing newer:
+    #: not to be asked again for this staple before then
+    retry_after: dt.datetime | None = None
+    #: the certificate asks for a staple in every handshake (RFC 7633)
+    must_staple: bool = False
 
 
 @dataclass(frozen=True)
-class _Disk:
+class Disk:
     """What the staple file holds, as far as it matters for this certificate."""
 
     usable: VerifiedResponse | None  # valid now
     revoked: VerifiedResponse | None  # a validly signed revocation, whether or not it is still current
     problem: str  # why there is no usable staple ("" when there is one)
+    #: a validly signed staple that is not usable only because it looks "from
+    #: the future" (the local clock is behind): nothing older may replace it
+    ahead: VerifiedResponse | None = None
 
 
 def exit_code(outcomes: Iterable[Outcome]) -> int:
@@ -87,26 +103,175 @@ def refresh_all(
     clock: Clock,
     store: Store,
     jobs: int | None = None,
+    on_done: Callable[[Outcome], None] | None = None,
+    hold: Callable[[Staple], dt.datetime | None] | None = None,
 ) -> list[Outcome]:
     """Refresh every staple; one failure never stops the others.
 
-    Outcomes come back in the order of ``staples``.  ``jobs``: how many
-    staples are refreshed at once (default DEFAULT_JOBS).
+    Outcomes come back in the order of ``staples``; each one's log line is
+    emitted as soon as that staple is done.  ``jobs``: how many staples are
+    refreshed at once (default DEFAULT_JOBS), by a pool of worker threads.
+    Each staple is still decided, validated, compared and written under its
+    own output lock, exactly as alone.  Shared by the whole run:
+
+    * the network: one transport per (timeout, proxy), made only once a
+      staple is due (a run where nothing is due imports no HTTP code);
+    * identical requests (the same request to the same URL with the same
+      settings: the same certificate and issuer configured for several
+      outputs) are sent once, and every staple asking gets that answer to
+      validate for itself;
+    * an issuer file named by many staples is parsed once.
+
+    The per-responder cap on requests in flight (fetch.MAX_PER_HOST) is the
+    transport's: HttpTransport holds each request's slot until its socket
+    work is over.
     """
-    outcomes = []
-    for st in staples:
-        if isinstance(st, BadEntry):
-            outcome = Outcome(name=st.name, output=None, result=Result.BAD_INPUT, message=st.reason)
-        else:
-            try:
-                outcome = refresh_one(st, network=network, clock=clock, store=store)
-            except Exception as e:  # a bug must not stop the other staples
-                log.debug("%s: internal error", st.name, exc_info=True)
-                outcome = Outcome(name=st.name, output=st.output, result=Result.BAD_INPUT,
-                                  message=f"internal error, staple left as it was ({type(e).__name__}: {e})")
+    shared = _Shared(network, hold)
+    jobs = DEFAULT_JOBS if jobs is None else max(1, jobs)
+
+    def one(st: Staple | BadEntry) -> Outcome:
+        outcome = _one(st, shared, clock=clock, store=store)
         report(outcome)
-        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)  # e.g. a progress bar; called from the worker threads
+        return outcome
+
+    if jobs == 1 or len(staples) <= 1:
+        return [one(st) for st in staples]
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(staples)), thread_name_prefix="ocspstaple-job")
+    try:
+        futures: list[Future[Outcome]] = [pool.submit(one, st) for st in staples]
+        outcomes = [f.result() for f in futures]
+    except BaseException:
+        # Ctrl-C: staples not started are left alone; the ones in progress
+        # finish (their writes are atomic either way).
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return outcomes
+
+
+def _one(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) -> Outcome:
+    if isinstance(st, BadEntry):
+        return Outcome(name=st.name, output=None, result=Result.BAD_INPUT, message=st.reason)
+    try:
+        return _refresh_one(st, shared, clock=clock, store=store)
+    except Exception as e:  # a bug must not stop the other staples
+        log.debug("%s: internal error", st.name, exc_info=True)
+        return Outcome(name=st.name, output=st.output, result=Result.BAD_INPUT,
+                       message=f"internal error, staple left as it was ({type(e).__name__}: {e})")
+
+
+class _Shared:
+    """What the staples of one run share; safe to use from many threads."""
+
+    def __init__(self, network: Network, hold: Callable[[Staple], dt.datetime | None] | None = None) -> None:
+        self._network = network
+        #: when a staple's responder may be asked again (its max-age), from the state records
+        self.hold = hold or (lambda st: None)
+        self._skew_warned = False
+        self._lock = threading.Lock()
+        self._transports: dict[tuple[float, str | None], _Deduped] = {}
+        self._flights: dict[tuple[Any, ...], _Flight] = {}
+        self._issuers: dict[Path, Any] = {}
+
+    def check_clock(self, got: Fetched, url: str, now: dt.datetime, produced_at: dt.datetime | None) -> None:
+        """Warn once per run when the responder's clock (HTTP Date; a producedAt
+        ahead of us) differs from ours by more than the skew allowance: most
+        "response is from the future" reports are a wrong local clock."""
+        offsets = []
+        if got.date is not None:
+            offsets.append(("its HTTP Date", got.date - now))
+        if produced_at is not None and produced_at - now > SKEW:
+            offsets.append(("the response's producedAt", produced_at - now))
+        for what, offset in offsets:
+            if abs(offset) <= SKEW:
+                continue
+            with self._lock:
+                if self._skew_warned:
+                    return
+                self._skew_warned = True
+            side = "behind" if offset > dt.timedelta(0) else "ahead of"
+            log.warning("the local clock is %s %s responder %s (by %s); check NTP: a wrong clock makes valid "
+                        "responses look expired or from the future", _span(abs(offset)), side, url, what)
+            return
+
+    def network(self, timeout: float, proxy: str | None) -> Transport:
+        """The run's transport for these settings, made on first use."""
+        key = (timeout, proxy)
+        with self._lock:
+            t = self._transports.get(key)
+            if t is None:
+                t = self._transports[key] = _Deduped(self._network(timeout, proxy), self, key)
+            return t
+
+    def once(self, key: tuple[Any, ...], send: Callable[[], HttpReply]) -> HttpReply:
+        """``send()`` for the first caller with ``key``; the same answer (or
+        error) for every later or concurrent caller with it."""
+        with self._lock:
+            flight = self._flights.get(key)
+            first = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if first:
+            try:
+                flight.reply = send()
+            except Exception as e:
+                flight.error = e
+            finally:
+                flight.done.set()
+        else:
+            flight.done.wait()
+            log.debug("%s: same request as another staple; answer shared", key[2][:80])
+        if flight.error is not None:
+            if first or not isinstance(flight.error, FetchError):
+                raise flight.error
+            raise FetchError(str(flight.error))
+        assert flight.reply is not None
+        return flight.reply
+
+    def load_pair(self, st: Staple) -> Pair:
+        """certs.load_pair, with an explicit issuer file parsed once per run."""
+        if st.issuer is None:
+            return load_pair(st.cert, None)
+        cert = read_pem_file(st.cert)[0]
+        with self._lock:
+            issuers = self._issuers.get(st.issuer)
+        if issuers is None:
+            try:
+                issuers = read_pem_file(st.issuer)
+            except InputError as e:
+                issuers = e  # the same error for every staple naming it
+            with self._lock:
+                self._issuers[st.issuer] = issuers
+        if isinstance(issuers, InputError):
+            raise InputError(str(issuers))
+        check_issued_by(cert, issuers[0])
+        return Pair(cert=cert, issuer=issuers[0])
+
+
+class _Flight:
+    __slots__ = ("done", "reply", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: HttpReply | None = None
+        self.error: Exception | None = None
+
+
+class _Deduped:
+    """A transport whose identical requests within one run are sent once."""
+
+    def __init__(self, inner: Transport, shared: _Shared, settings: tuple[float, str | None]) -> None:
+        self._inner = inner
+        self._shared = shared
+        self._settings = settings
+
+    def get(self, url: str) -> HttpReply:
+        return self._shared.once((self._settings, "GET", url, None), lambda: self._inner.get(url))
+
+    def post(self, url: str, body: bytes) -> HttpReply:
+        return self._shared.once((self._settings, "POST", url, body), lambda: self._inner.post(url, body))
 
 
 def report(o: Outcome) -> None:
@@ -117,18 +282,51 @@ def report(o: Outcome) -> None:
 
 def refresh_one(st: Staple, *, network: Network, clock: Clock, store: Store) -> Outcome:
     """Refresh one staple: fetch if due, write only a valid and fresher response."""
+    return _refresh_one(st, _Shared(network), clock=clock, store=store)
+
+
+def _span(d: dt.timedelta) -> str:
+    minutes = round(d.total_seconds() / 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
+
+
+def _refresh_one(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> Outcome:
     try:
-        pair = load_pair(st.cert, st.issuer)
+        pair = shared.load_pair(st)
         urls = _urls(st, pair)
     except InputError as e:
         return Outcome(name=st.name, output=st.output, result=Result.BAD_INPUT, message=str(e))
+    # A staple that is usable and not due is left alone without taking its
+    # lock: writes are atomic, so what was read is a whole staple, and
+    # deciding "nothing to do" writes nothing.  This keeps a run where
+    # nothing is due cheap (no lock file, no directory scan per staple).
+    # Anything that may lead to a write goes through the lock and decides
+    # afresh.
+    if not st.force and not _leftovers(store, st.output):
+        now = clock()
+        fresh = _fresh(st, inspect_disk(store, st, pair, now), now, shared)
+        if fresh is not None:
+            return _must_staple(fresh) if must_staple(pair.cert) else fresh
     try:
         with store.lock(st.output, timeout=st.lock_timeout):
-            return _refresh_locked(st, pair, urls, network=network, clock=clock, store=store)
+            outcome = _refresh_locked(st, pair, urls, shared=shared, clock=clock, store=store)
     except StoreError as e:
         # The lock could not be had: say what the staple on disk is worth anyway.
-        disk = _inspect(store, st, pair, clock())
-        return _failed(st, str(e), disk)
+        disk = inspect_disk(store, st, pair, clock())
+        outcome = _failed(st, str(e), disk)
+    return _must_staple(outcome) if must_staple(pair.cert) else outcome
+
+
+def _must_staple(o: Outcome) -> Outcome:
+    """A must-staple certificate: a failed refresh is an error, not a warning."""
+    o = replace(o, must_staple=True)
+    if o.result is Result.KEPT:
+        return replace(o, result=Result.AT_RISK,
+                       message=o.message + "; must-staple certificate: browsers refuse it once the staple runs out")
+    if o.result is Result.MISSING:
+        return replace(o, message=o.message + "; must-staple certificate: browsers refuse it without a staple")
+    return o
 
 
 def _urls(st: Staple, pair: Pair) -> tuple[str, ...]:
@@ -143,50 +341,49 @@ def _urls(st: Staple, pair: Pair) -> tuple[str, ...]:
     return usable
 
 
-def _inspect(store: Store, st: Staple, pair: Pair, now: dt.datetime) -> _Disk:
+def inspect_disk(store: Store, st: Staple, pair: Pair, now: dt.datetime) -> Disk:
     try:
         data = store.read(st.output)
     except StoreError as e:
-        return _Disk(None, None, str(e))
+        return Disk(None, None, str(e))
     if data is None:
-        return _Disk(None, None, "none on disk")
+        return Disk(None, None, "none on disk")
     try:
         resp = verify(data, pair=pair, default_validity=st.default_validity)
     except ValidationError as e:
-        return _Disk(None, None, f"the one on disk is unusable: {e}")
+        return Disk(None, None, f"the one on disk is unusable: {e}")
     revoked = resp if resp.status is CertStatus.REVOKED else None
     try:
         check_window(resp, now=now)
     except ValidationError as e:
-        return _Disk(None, revoked, f"the one on disk is unusable: {e}")
-    return _Disk(resp, revoked, "")
+        ahead = resp if resp.expires > now else None  # not expired: too new for this clock
+        return Disk(None, revoked, f"the one on disk is unusable: {e}", ahead)
+    return Disk(resp, revoked, "")
 
 
 def _refresh_locked(
-    st: Staple, pair: Pair, urls: tuple[str, ...], *, network: Network, clock: Clock, store: Store
+    st: Staple, pair: Pair, urls: tuple[str, ...], *, shared: _Shared, clock: Clock, store: Store
 ) -> Outcome:
     now = clock()
-    disk = _inspect(store, st, pair, now)
-    if disk.usable is not None and not st.force:
-        due = disk.usable.refresh_due(st.refresh_at)
-        if now < due:
-            about = "" if disk.usable.status is CertStatus.REVOKED else f" ({_describe(disk.usable)})"
-            message = f"staple still fresh{about}; next refresh after {fmt_time(due)}"
-            return _kept(st, disk.usable, Result.FRESH, message)
+    disk = inspect_disk(store, st, pair, now)
+    fresh = None if st.force else _fresh(st, disk, now, shared)
+    if fresh is not None:
+        return fresh
+    due = disk.usable is not None and now >= disk.usable.refresh_due(st.refresh_at)
 
     request = build_request(pair)
-    transport = network(st.timeout, st.proxy)
+    transport = shared.network(st.timeout, st.proxy)
     failures: list[str] = []
     for url in urls:
         try:
-            body = fetch_response(transport, url, request)
-            new = validate(body, pair=pair, now=clock(), default_validity=st.default_validity)
-            _check_fresher(new, disk)
+            new, got, how = _ask(transport, url, request, pair, st, disk, due=due, shared=shared, clock=clock)
         except StaleError as e:
-            if disk.usable is not None and new.this_update == disk.usable.this_update:
-                return _kept(st, disk.usable, Result.UNCHANGED,
-                             f"responder has nothing newer (thisUpdate {fmt_time(new.this_update)}); "
-                             f"staple valid until {fmt_time(disk.usable.expires)}")
+            if disk.usable is not None and e.this_update == disk.usable.this_update:
+                return replace(
+                    _kept(st, disk.usable, Result.UNCHANGED,
+                          f"responder has nothing newer (thisUpdate {fmt_time(disk.usable.this_update)}); "
+                          f"staple valid until {fmt_time(disk.usable.expires)}"),
+                    retry_after=e.retry_after if isinstance(e, _Stale) else None)
             failures.append(_from(url, urls, str(e)))
             continue
         except (FetchError, ValidationError, InputError) as e:
@@ -198,23 +395,115 @@ def _refresh_locked(
             if new.status is CertStatus.REVOKED:
                 # Never quieter than the revocation itself.
                 return Outcome(name=st.name, output=st.output, result=Result.REVOKED, staple=disk.usable,
+                               fetched=False, error=str(e),
                                message=f"certificate is REVOKED ({_describe(new)}), but {e}")
             return _failed(st, str(e), disk)
         if new.status is CertStatus.REVOKED:
             return Outcome(
-                name=st.name, output=st.output, result=Result.REVOKED, staple=new, changed=True,
-                message=f"certificate is REVOKED ({_describe(new)}); wrote the revoked staple to {st.output}",
+                name=st.name, output=st.output, result=Result.REVOKED, staple=new, changed=True, fetched=True,
+                message=f"certificate is REVOKED ({_describe(new)}); wrote the revoked staple to {st.output}{how}",
             )
         return Outcome(name=st.name, output=st.output, result=Result.WRITTEN, staple=new, changed=True,
-                       message=f"wrote {st.output} ({_describe(new)})")
+                       fetched=True, message=f"wrote {st.output} ({_describe(new)}){how}")
     return _failed(st, "; ".join(failures), disk)
+
+
+class _Stale(StaleError):
+    """Nothing newer, and the responder's max-age says when to ask again."""
+
+    def __init__(self, e: StaleError, retry_after: dt.datetime | None) -> None:
+        super().__init__(str(e), e.this_update)
+        self.retry_after = retry_after
+
+
+def _ask(
+    transport: Transport, url: str, request: bytes, pair: Pair, st: Staple, disk: Disk, *,
+    due: bool, shared: _Shared, clock: Clock,
+) -> tuple[VerifiedResponse, Fetched, str]:
+    """A valid response from ``url`` that is fresher than the staple on disk,
+    how it was had, and a note for the log line; StaleError when there is none.
+
+    When a due staple gets a valid GET answer that is not fresher, a CDN may
+    have served a cached answer: ask once more with POST, which caches pass
+    through to the responder.
+    """
+    got = fetch(transport, url, request)
+    new = _validated(got, url, pair, st, shared, clock)
+    try:
+        _check_fresher(new, disk)
+        return new, got, ""
+    except StaleError as e:
+        if not (due and got.method == "GET"):
+            raise _Stale(e, _retry_after(got, clock())) from None
+    log.debug("%s: GET answer not fresher (thisUpdate %s); asking again with POST", st.name,
+              fmt_time(new.this_update))
+    again = fetch(transport, url, request, uncached=True)
+    newer = _validated(again, url, pair, st, shared, clock)
+    try:
+        _check_fresher(newer, disk)
+    except StaleError as e:
+        raise _Stale(e, _retry_after(again, clock())) from None
+    return newer, again, (f"; the GET answer was older (thisUpdate {fmt_time(new.this_update)}, a cached copy?), "
+                          "POST gave the fresher one")
+
+
+def _validated(got: Fetched, url: str, pair: Pair, st: Staple, shared: _Shared, clock: Clock) -> VerifiedResponse:
+    now = clock()
+    try:
+        new = validate(got.body, pair=pair, now=now, default_validity=st.default_validity)
+    except ValidationError:
+        # A producedAt ahead of us is refused by the time window; the signed
+        # response still tells the responder's clock, for the warning.
+        try:
+            produced_at: dt.datetime | None = verify(
+                got.body, pair=pair, default_validity=st.default_validity).produced_at
+        except ValidationError:
+            produced_at = None
+        shared.check_clock(got, url, now, produced_at)
+        raise
+    shared.check_clock(got, url, now, new.produced_at)
+    return new
+
+
+def _retry_after(got: Fetched, now: dt.datetime) -> dt.datetime | None:
+    age = got.max_age
+    return now + dt.timedelta(seconds=age) if age else None
+
+
+def _leftovers(store: Store, path: Path) -> bool:
+    """Whether a killed run may have left a temp file beside ``path``, which
+    only a visit under the lock removes (True when the store cannot tell)."""
+    find = getattr(store, "leftovers", None)
+    if find is None:
+        return True
+    try:
+        return bool(find(path))
+    except Exception:
+        return True
+
+
+def _fresh(st: Staple, disk: Disk, now: dt.datetime, shared: _Shared) -> Outcome | None:
+    """The FRESH outcome when the staple on disk is usable and not yet due, or
+    due but the responder asked (max-age) not to be asked again yet; else None."""
+    if disk.usable is None:
+        return None
+    due = disk.usable.refresh_due(st.refresh_at)
+    if now >= due:
+        hold = shared.hold(st)
+        if hold is None or now >= hold:
+            return None
+        return _kept(st, disk.usable, Result.FRESH,
+                     f"staple due, but the responder's max-age says not to ask before {fmt_time(hold)}; "
+                     f"staple valid until {fmt_time(disk.usable.expires)}")
+    about = "" if disk.usable.status is CertStatus.REVOKED else f" ({_describe(disk.usable)})"
+    return _kept(st, disk.usable, Result.FRESH, f"staple still fresh{about}; next refresh after {fmt_time(due)}")
 
 
 def _from(url: str, urls: tuple[str, ...], reason: str) -> str:
     return reason if len(urls) == 1 or url in reason else f"{url}: {reason}"
 
 
-def _check_fresher(new: VerifiedResponse, disk: _Disk) -> None:
+def _check_fresher(new: VerifiedResponse, disk: Disk) -> None:
     """Spec invariant 6, and revocation is final."""
     if disk.revoked is not None and new.status is CertStatus.GOOD:
         raise ValidationError(
@@ -222,34 +511,35 @@ def _check_fresher(new: VerifiedResponse, disk: _Disk) -> None:
             f"(revoked {fmt_time(disk.revoked.revocation_time or disk.revoked.this_update)}) is on disk; "
             "revocation is final, refused"
         )
-    cur = disk.usable
+    cur = disk.usable or disk.ahead
     if cur is None:
         return
     if new.this_update < cur.this_update:
         raise StaleError(
             f"responder sent an older response (thisUpdate {fmt_time(new.this_update)}) than the staple "
-            f"on disk ({fmt_time(cur.this_update)}): a replay or a stale cache, refused"
-        )
+            f"on disk ({fmt_time(cur.this_update)}): a replay or a stale cache, refused", new.this_update)
     if new.this_update == cur.this_update and not (
         new.status is CertStatus.REVOKED and cur.status is CertStatus.GOOD
     ):
         # Equal changes nothing; but a signed revocation beside a good
         # response of the same moment is passed on, never hidden.
-        raise StaleError("responder sent the same response as the staple on disk")
+        raise StaleError("responder sent the same response as the staple on disk", new.this_update)
 
 
-def _failed(st: Staple, reason: str, disk: _Disk) -> Outcome:
+def _failed(st: Staple, reason: str, disk: Disk) -> Outcome:
     if disk.usable is not None:
-        return _kept(st, disk.usable, Result.KEPT, f"{reason}; kept staple valid until {fmt_time(disk.usable.expires)}")
-    return Outcome(name=st.name, output=st.output, result=Result.MISSING,
+        kept = _kept(st, disk.usable, Result.KEPT, f"{reason}; kept staple valid until {fmt_time(disk.usable.expires)}")
+        return replace(kept, error=reason)
+    return Outcome(name=st.name, output=st.output, result=Result.MISSING, fetched=False, error=reason,
                    message=f"{reason}; no valid staple ({disk.problem})")
 
 
 def _kept(st: Staple, staple: VerifiedResponse, result: Result, message: str) -> Outcome:
+    fetched = {Result.FRESH: None, Result.UNCHANGED: True, Result.KEPT: False}[result]
     if staple.status is CertStatus.REVOKED:
         result = Result.REVOKED
         message = f"certificate is REVOKED ({_describe(staple)}); " + message
-    return Outcome(name=st.name, output=st.output, result=result, message=message, staple=staple)
+    return Outcome(name=st.name, output=st.output, result=result, message=message, staple=staple, fetched=fetched)
 
 
 def _describe(r: VerifiedResponse) -> str:

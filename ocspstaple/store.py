@@ -13,8 +13,9 @@ import logging
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from ocspstaple.errors import StoreError
 
@@ -37,14 +38,28 @@ class Store(Protocol):
 
 
 class FileStore:
-    """Staples as files on the local disk."""
+    """Staples as files on the local disk.
+
+    Safe to share between threads.  One FileStore serves one run: it lists
+    each directory's leftover temp files once, at the first lock taken in
+    it, rather than scanning the directory again for every staple (10,000
+    staples in one directory made that scan quadratic).
+    """
+
+    def __init__(self) -> None:
+        self._temps = _TempListing()
 
     def read(self, path: Path) -> bytes | None:
         """The current staple's bytes, or None when there is none."""
         return read_staple(path)
 
     def lock(self, path: Path, *, timeout: float) -> contextlib.AbstractContextManager[None]:
-        return lock_output(path, timeout=timeout)
+        return lock_output(path, timeout=timeout, leftovers=self._temps.leftovers)
+
+    def leftovers(self, path: Path) -> list[Path]:
+        """Temp files a killed run left beside ``path`` (as listed once per
+        directory per run); taking the lock removes them."""
+        return self._temps.leftovers(path)
 
     def write(self, path: Path, data: bytes) -> None:
         atomic_write(path, data)
@@ -74,8 +89,13 @@ def lock_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def lock_output(path: Path, *, timeout: float) -> Iterator[None]:
-    """Hold the output's lock file so that concurrent runs take turns on one staple."""
+def lock_output(
+    path: Path, *, timeout: float, leftovers: Callable[[Path], list[Path]] | None = None
+) -> Iterator[None]:
+    """Hold the output's lock file so that concurrent runs take turns on one staple.
+
+    ``leftovers`` finds the temp files to remove (default: stale_temp_files,
+    a scan of the directory)."""
     import filelock  # imported here: start-up time of `ocspstaple --help`
 
     lock_file = lock_path(path)
@@ -89,7 +109,7 @@ def lock_output(path: Path, *, timeout: float) -> Iterator[None]:
     try:
         # Whoever holds the lock is the only writer, so a temp file found now
         # was left by a run that died (kill -9, power loss) mid-write.
-        for stale in stale_temp_files(path):
+        for stale in (leftovers or stale_temp_files)(path):
             with contextlib.suppress(OSError):
                 stale.unlink()
                 log.info("%s: removed %s left by an interrupted run", path, stale.name)
@@ -106,8 +126,15 @@ def resolve_target(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
+def atomic_write(path: Path, data: bytes, *, temp_prefix: str | None = None, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
+
+    The temp file is ``.NAME.XXXXXXXX.ocspstaple-tmp`` beside the target, or
+    starts with ``temp_prefix`` (a file written for a staple names its temp
+    after the staple, so that the staple's cleanup of dead runs' temp files
+    finds it too).  ``durable=False`` skips the fsyncs: still atomic, but a
+    power cut may bring back the previous version (fine for a state record,
+    never for a staple)."""
     target = resolve_target(path)
     directory = target.parent
     try:
@@ -121,14 +148,16 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         # mkstemp uses O_EXCL with a random name: a symlink planted in the
         # directory is never followed.
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + target.name + ".", suffix=TEMP_SUFFIX)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix or f".{target.name}.",
+                                   suffix=TEMP_SUFFIX)
     except OSError as e:
         raise StoreError(f"cannot create a temp file in {directory}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
             # mkstemp makes 0600 files: a TLS server running as another user
             # could not read the staple.
             os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode) if old else NEW_FILE_MODE)
@@ -141,7 +170,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         if isinstance(e, OSError):
             raise StoreError(f"cannot write {target}: {e.strerror or e}") from None
         raise
-    _fsync_dir(directory)
+    if durable:
+        _fsync_dir(directory)
 
 
 def _keep_owner(fd: int, old: os.stat_result) -> None:
@@ -174,6 +204,36 @@ def stale_temp_files(path: Path) -> list[Path]:
     """Temp files a killed run may have left beside ``path``'s target."""
     target = resolve_target(path)
     return sorted(target.parent.glob("." + glob_escape(target.name) + ".*" + TEMP_SUFFIX))
+
+
+class _TempListing:
+    """Leftover temp files per directory, listed once: at the first lock in it.
+
+    A temp file that a run elsewhere leaves later (killed after this listing)
+    is removed by the next run; one of this run's own live temp files, listed
+    while another thread was writing, is gone (renamed) by the time its
+    output's lock is ours, and unlinking it fails quietly.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: dict[Path, list[str]] = {}
+
+    def leftovers(self, path: Path) -> list[Path]:
+        target = resolve_target(path)
+        directory = target.parent
+        with self._lock:
+            names = self._names.get(directory)
+            if names is None:
+                try:
+                    names = [n for n in os.listdir(directory) if n.endswith(TEMP_SUFFIX)]
+                except OSError:
+                    names = []
+                self._names[directory] = names
+        # The same names as stale_temp_files' pattern.
+        prefix = "." + target.name + "."
+        return sorted(directory / n for n in names
+                      if n.startswith(prefix) and len(n) >= len(prefix) + len(TEMP_SUFFIX))
 
 
 def glob_escape(name: str) -> str:

@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pki import CA, Issued, write_pem  # noqa: E402
 from responder import Responder  # noqa: E402
 
+from ocspstaple.fetch import HttpReply  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,6 +27,45 @@ class Run:
     @property
     def lines(self) -> list[str]:
         return [line for line in self.err.splitlines() if line.strip()]
+
+
+def assert_silent_success(run: Run) -> None:
+    """Exit 0 and not a word: quiet when all is well (cron mails whatever is printed)."""
+    assert run.code == 0, run.err
+    assert run.out == "" and run.err == "", run.err
+
+
+def one_line(run: Run, *needles: str) -> str:
+    """The one stderr line of a run, holding every needle."""
+    assert "Traceback" not in run.err, run.err
+    assert len(run.lines) == 1, run.err
+    for needle in needles:
+        assert needle in run.lines[0], (needle, run.lines[0])
+    return run.lines[0]
+
+
+class AnswerNetwork:
+    """The network edge for the core: every request (GET or POST) gets
+    ``answer``, a body or an exception to raise; requests are counted."""
+
+    def __init__(self, answer: bytes | Exception) -> None:
+        self.answer = answer
+        self.requests = 0
+
+    def __call__(self, timeout: float, proxy: str | None) -> AnswerNetwork:
+        return self
+
+    def _reply(self) -> HttpReply:
+        self.requests += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return HttpReply(200, self.answer)
+
+    def get(self, url: str) -> HttpReply:
+        return self._reply()
+
+    def post(self, url: str, body: bytes) -> HttpReply:
+        return self._reply()
 
 
 def clean_env() -> dict[str, str]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Run, run_cli
+from conftest import Run, assert_silent_success, one_line, run_cli
 from pki import CA, write_pem
 from responder import Reply, Responder
 
@@ -30,17 +30,8 @@ def refresh(*args: str | Path) -> Run:
     return run_cli("refresh", *args, timeout=30)
 
 
-def assert_silent_success(run: Run) -> None:
-    assert run.code == 0, run.err
-    assert run.out == "" and run.err == "", run.err
 
 
-def one_line(run: Run, *needles: str) -> str:
-    assert "Traceback" not in run.err, run.err
-    assert len(run.lines) == 1, run.err
-    for needle in needles:
-        assert needle in run.lines[0], (needle, run.lines[0])
-    return run.lines[0]
 
 
 def two_sites(tmp_path: Path, ca: CA, responder: Responder, *, defaults: str = "", extra_a: str = "") -> Path:

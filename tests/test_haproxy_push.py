@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Run, Site, run_cli
+from conftest import Run, Site, assert_silent_success, one_line, run_cli
 from pki import CA, DAY, HOUR, write_pem
 from responder import FAULTS, Reply, Responder
 
@@ -140,17 +140,8 @@ def command_for(staple: bytes) -> bytes:
     return b"set ssl ocsp-response " + base64.b64encode(staple) + b"\n"
 
 
-def assert_silent_success(run: Run) -> None:
-    assert run.code == 0, run.err
-    assert run.out == "" and run.err == "", run.err
 
 
-def one_line(run: Run, *needles: str) -> str:
-    assert "Traceback" not in run.err, run.err
-    assert len(run.lines) == 1, run.err
-    for needle in needles:
-        assert needle in run.lines[0], (needle, run.lines[0])
-    return run.lines[0]
 
 
 def closed_port() -> int:

@@ -32,7 +32,8 @@ from ocspstaple.store import lock_path
 
 MINUTE = dt.timedelta(minutes=1)
 SITE_FILES = {"fullchain.pem", "issuer.pem"}
-AFTER_WRITE = SITE_FILES | {"fullchain.pem.ocsp", ".fullchain.pem.ocsp.lock"}
+# The staple, its lock file and the state record of the last attempt (dotfiles: HAProxy's crt DIR skips them).
+AFTER_WRITE = SITE_FILES | {"fullchain.pem.ocsp", ".fullchain.pem.ocsp.lock", ".fullchain.pem.ocsp.state.json"}
 # Every fault but "revoked": that one is a valid answer that must be written.
 FAULT_NAMES = [name for name in FAULTS if name != "revoked"]
 # Words the one-line reason should carry for faults whose reason has an obvious name.
@@ -185,7 +186,7 @@ def test_fault_without_staple_writes_nothing(site: Site, responder: Responder, f
     if fault in REASON_WORDS:
         assert REASON_WORDS[fault] in line
     assert not site.output.exists()
-    assert listing(site.output.parent) - {".fullchain.pem.ocsp.lock"} == SITE_FILES
+    assert listing(site.output.parent) - {".fullchain.pem.ocsp.lock", ".fullchain.pem.ocsp.state.json"} == SITE_FILES
     assert responder.requests >= 1
 
 
@@ -434,7 +435,7 @@ def test_output_option(tmp_path: Path, site: Site, responder: Responder):
     assert out.read_bytes() == body
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     assert not site.output.exists()
-    assert listing(out_dir) == {"site.der", ".site.der.lock"}
+    assert listing(out_dir) == {"site.der", ".site.der.lock", ".site.der.state.json"}
 
 
 @pytest.mark.parametrize("args", [

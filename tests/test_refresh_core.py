@@ -297,7 +297,7 @@ def test_refresh_all_goes_on_after_a_bad_entry_and_a_crash(setup, ca, tmp_path):
 
 def test_lock_timeout_reports_what_is_on_disk(setup):
     st, resp = setup
-    old = resp(T0 - 2 * HOUR)
+    old = resp(T0 - 3 * DAY)  # still valid, but due: a staple not due needs no lock (test_concurrency)
     st.output.write_bytes(old)
 
     class Locked(FileStore):

@@ -524,7 +524,7 @@ def test_serve_on_a_port_in_use_is_exit_2(site: Served, ca: CA):
 @pytest.mark.parametrize("args, words", [
     (["--cert", "site.pem", "--listen", "8089"], "--listen '8089': expected HOST:PORT"),
     (["--scan", "DIR", "--issuer", "ca.pem", "--listen", "127.0.0.1:0"], "go with --cert"),
-    (["--listen", "127.0.0.1:0"], "give one of --cert, --config or --scan"),
+    (["--listen", "127.0.0.1:0"], "give one of --cert, --config, --scan or --certbot-dir"),
 ])
 def test_serve_usage_errors(site: Served, args: list[str], words: str):
     args = [{"site.pem": str(site.cert), "DIR": str(site.cert.parent)}.get(a, a) for a in args]

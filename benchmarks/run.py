@@ -1,0 +1,414 @@
+#!/usr/bin/env python3
+"""Benchmark: thousands of certificates in one run, on loopback.
+
+Builds N certificates under a throwaway EC CA, starts a local OCSP responder
+on 127.0.0.1 that answers every request after a fixed latency (50 ms), and
+measures, for each N:
+
+* a due run over all N through the real CLI (``ocspstaple refresh --config``):
+  wall time, requests the responder saw, peak concurrency it saw, peak RSS;
+  next to the network bound ``ceil(N / c) * latency`` where ``c`` is the
+  effective concurrency against the responder: min(jobs, per-host cap);
+* a no-op run over the same N (every staple fresh): wall time, requests (0);
+* a sequential baseline: a shell loop of ``openssl ocsp`` over the same N
+  (for N <= --openssl-max, 1,000 by default);
+* optionally (``--wide``) a due run with ``--jobs 32`` over certificates
+  spread across 4 responder origins (4 ports, i.e. 4 CAs), where the
+  per-host cap no longer binds;
+* ``ocspstaple --help`` start-up time.
+
+Run it with the project's venv::
+
+    .venv/bin/python benchmarks/run.py                 # 100, 1,000, 10,000
+    .venv/bin/python benchmarks/run.py --sizes 100,1000 --wide
+
+It prints a table and writes the numbers to benchmarks/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from socketserver import ThreadingMixIn
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from ocspstaple.fetch import MAX_PER_HOST  # noqa: E402
+from ocspstaple.refresh import DEFAULT_JOBS  # noqa: E402
+
+UTC = dt.timezone.utc
+PEM = serialization.Encoding.PEM
+
+
+# -- a fast PKI ---------------------------------------------------------------
+
+class Fleet:
+    """A CA, N leaf certificates (one shared leaf key: key generation is not
+    what is measured) and a precomputed signed OCSP response for each."""
+
+    def __init__(self, n: int, urls: list[str], *, now: dt.datetime) -> None:
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ocspstaple Benchmark CA")])
+        self.ca = (
+            x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name)
+            .public_key(self.ca_key.public_key())
+            .serial_number(1)
+            .not_valid_before(now - dt.timedelta(days=30))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                           critical=True)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        leaf_key = ec.generate_private_key(ec.SECP256R1())
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key())
+        self.certs: list[x509.Certificate] = []
+        self.urls: list[str] = []
+        for i in range(n):
+            url = urls[i % len(urls)]
+            cn = f"host{i:05d}.bench.test"
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                .issuer_name(name)
+                .public_key(leaf_key.public_key())
+                .serial_number(0x100000 + i)
+                .not_valid_before(now - dt.timedelta(days=10))
+                .not_valid_after(now + dt.timedelta(days=90))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(aki, critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+                .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+                    AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url))]), critical=False)
+                .sign(self.ca_key, hashes.SHA256())
+            )
+            self.certs.append(cert)
+            self.urls.append(url)
+        this_update = now.replace(microsecond=0) - dt.timedelta(hours=1)
+        self.responses: dict[int, bytes] = {}
+        for cert in self.certs:
+            self.responses[cert.serial_number] = (
+                ocsp.OCSPResponseBuilder()
+                .add_response(cert=cert, issuer=self.ca, algorithm=hashes.SHA1(),
+                              cert_status=ocsp.OCSPCertStatus.GOOD, this_update=this_update,
+                              next_update=this_update + dt.timedelta(days=4),
+                              revocation_time=None, revocation_reason=None)
+                .responder_id(ocsp.OCSPResponderEncoding.NAME, self.ca)
+                .sign(self.ca_key, hashes.SHA256())
+                .public_bytes(serialization.Encoding.DER)
+            )
+
+    def write(self, root: Path) -> Path:
+        """Write ca.pem, certs/NNNNN.pem, a config with one [staple] per certificate; return the config."""
+        (root / "certs").mkdir(parents=True)
+        (root / "ca.pem").write_bytes(self.ca.public_bytes(PEM))
+        lines = ["[defaults]", "timeout = 10", ""]
+        for i, cert in enumerate(self.certs):
+            (root / "certs" / f"{i:05d}.pem").write_bytes(cert.public_bytes(PEM))
+            lines += [f"[staple.c{i:05d}]", f'cert = "certs/{i:05d}.pem"', 'issuer = "ca.pem"', ""]
+        config = root / "ocspstaple.toml"
+        config.write_text("\n".join(lines))
+        return config
+
+
+# -- a loopback responder with a fixed latency ----------------------------------
+
+class _Server(ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # many clients connect at once; the default backlog is 5
+
+
+class Responder:
+    """Answers each OCSP request (GET or POST) with the precomputed response
+    for its serial after ``latency`` seconds.  Counts requests and the
+    highest number answered at once."""
+
+    def __init__(self, latency: float, ports: int = 1) -> None:
+        self.latency = latency
+        self.responses: dict[int, bytes] = {}
+        self.lock = threading.Lock()
+        self.requests = self.active = self.max_active = 0
+        responder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without TCP_NODELAY,
+            # Nagle plus the client's delayed ACK add 40 ms to every answer.
+            disable_nagle_algorithm = True
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                raw = urllib.parse.unquote(self.path.rsplit("/", 1)[-1])
+                responder.answer(self, base64.b64decode(raw))
+
+            def do_POST(self) -> None:
+                responder.answer(self, self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+
+        self.servers = [_Server(("127.0.0.1", 0), Handler) for _ in range(ports)]
+        for s in self.servers:
+            threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{s.server_address[1]}/" for s in self.servers]
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests = self.max_active = 0
+
+    def answer(self, h: BaseHTTPRequestHandler, der: bytes) -> None:
+        with self.lock:
+            self.requests += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(self.latency)
+            try:
+                body = self.responses[ocsp.load_der_ocsp_request(der).serial_number]
+                status = 200
+            except (ValueError, KeyError):
+                body, status = b"\x30\x03\x0a\x01\x06", 200  # unauthorized
+            h.send_response(status)
+            h.send_header("Content-Type", "application/ocsp-response")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+
+
+# -- measuring ------------------------------------------------------------------
+
+def measure(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> dict:
+    """Run ``cmd``; its wall time, exit code and peak RSS (from wait4, this child only)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = p.stderr.read() if p.stderr else b""
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": round(wall, 3), "exit": p.returncode, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "stderr": err.decode(errors="replace")[-2000:]}
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def cli() -> list[str]:
+    exe = Path(sys.executable).with_name("ocspstaple")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ocspstaple"]
+
+
+def openssl_loop(fleet: Fleet, root: Path, n: int) -> dict:
+    """The sequential baseline: one `openssl ocsp` process per certificate."""
+    listing = root / "openssl-list.txt"
+    out = root / "openssl-out"
+    out.mkdir(exist_ok=True)
+    listing.write_text("".join(f"certs/{i:05d}.pem {fleet.urls[i]} openssl-out/{i:05d}.der\n" for i in range(n)))
+    script = ('while read cert url out; do '
+              'openssl ocsp -issuer ca.pem -CAfile ca.pem -cert "$cert" -url "$url" -no_nonce '
+              '-respout "$out" >/dev/null 2>&1 || exit 1; done < openssl-list.txt')
+    r = measure(["sh", "-c", script], cwd=root)
+    r["script"] = script
+    return r
+
+
+def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
+    root = workdir / f"n{n}"
+    responder = Responder(args.latency)
+    try:
+        t0 = time.perf_counter()
+        fleet = Fleet(n, responder.urls, now=dt.datetime.now(UTC))
+        responder.responses = fleet.responses
+        config = fleet.write(root)
+        build_s = time.perf_counter() - t0
+        cmd = [*cli(), "refresh", "--config", str(config)]
+        if args.jobs:
+            cmd += ["--jobs", str(args.jobs)]
+        jobs = args.jobs or DEFAULT_JOBS
+        conc = min(jobs, MAX_PER_HOST)
+        row: dict = {"n": n, "build_s": round(build_s, 2), "jobs": jobs, "per_host_cap": MAX_PER_HOST,
+                     "effective_concurrency": conc, "latency_s": args.latency,
+                     "bound_s": round(math.ceil(n / conc) * args.latency, 3), "command": " ".join(cmd)}
+
+        responder.reset()
+        due = measure(cmd, env=cli_env())
+        due.update(requests=responder.requests, responder_max_active=responder.max_active)
+        written = sum(1 for i in range(n) if (root / "certs" / f"{i:05d}.pem.ocsp").exists())
+        due["written"] = written
+        row["due"] = due
+        row["due_vs_bound"] = round(due["wall_s"] / row["bound_s"], 2)
+
+        responder.reset()
+        noop = measure(cmd, env=cli_env())
+        noop.update(requests=responder.requests)
+        row["noop"] = noop
+
+        if n <= args.openssl_max:
+            responder.reset()
+            base = openssl_loop(fleet, root, n)
+            base.update(requests=responder.requests)
+            row["openssl"] = base
+            row["speedup_vs_openssl"] = round(base["wall_s"] / due["wall_s"], 1)
+    finally:
+        responder.close()
+
+    if args.wide:
+        row["wide"] = bench_wide(n, args, workdir)
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return row
+
+
+def bench_wide(n: int, args: argparse.Namespace, workdir: Path, origins: int = 4, jobs: int = 32) -> dict:
+    """A due run with --jobs 32 over certificates spread across 4 responder origins."""
+    root = workdir / f"wide{n}"
+    responder = Responder(args.latency, ports=origins)
+    try:
+        fleet = Fleet(n, responder.urls, now=dt.datetime.now(UTC))
+        responder.responses = fleet.responses
+        config = fleet.write(root)
+        cmd = [*cli(), "refresh", "--config", str(config), "--jobs", str(jobs)]
+        conc = min(jobs, origins * MAX_PER_HOST)
+        r = measure(cmd, env=cli_env())
+        r.update(requests=responder.requests, responder_max_active=responder.max_active, origins=origins,
+                 jobs=jobs, effective_concurrency=conc, command=" ".join(cmd),
+                 bound_s=round(math.ceil(n / conc) * args.latency, 3))
+        r["vs_bound"] = round(r["wall_s"] / r["bound_s"], 2)
+    finally:
+        responder.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return r
+
+
+def help_time(repeat: int = 7) -> dict:
+    runs = [measure([*cli(), "--help"], env=cli_env())["wall_s"] for _ in range(repeat)]
+    return {"median_s": round(statistics.median(runs), 3), "min_s": round(min(runs), 3), "runs": runs}
+
+
+def machine() -> dict:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "openssl": subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
+            if shutil.which("openssl") else None, "platform": platform.platform()}
+
+
+def table(rows: list[dict], helpt: dict) -> str:
+    head = ("| N | due run (s) | bound (s) | due/bound | requests | peak concurrency | peak RSS (MB) "
+            "| no-op run (s) | no-op requests | openssl loop (s) | speedup |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        d, z, o = r["due"], r["noop"], r.get("openssl")
+        out.append(
+            f"| {r['n']:,} | {d['wall_s']:.2f} | {r['bound_s']:.2f} | {r['due_vs_bound']:.2f}x | {d['requests']:,} "
+            f"| {d['responder_max_active']} | {d['peak_rss_mb']:.0f} | {z['wall_s']:.2f} | {z['requests']} "
+            f"| {o['wall_s']:.1f} | {r['speedup_vs_openssl']:.1f}x |" if o else
+            f"| {r['n']:,} | {d['wall_s']:.2f} | {r['bound_s']:.2f} | {r['due_vs_bound']:.2f}x | {d['requests']:,} "
+            f"| {d['responder_max_active']} | {d['peak_rss_mb']:.0f} | {z['wall_s']:.2f} | {z['requests']} "
+            "| skipped | - |"
+        )
+    wide = [r for r in rows if "wide" in r]
+    if wide:
+        out += ["", "| N (4 origins, --jobs 32) | due run (s) | bound (s) | due/bound | requests | peak concurrency "
+                "| peak RSS (MB) | speedup vs openssl loop |", "|---|---|---|---|---|---|---|---|"]
+        for r in wide:
+            w = r["wide"]
+            sp = f"{r['openssl']['wall_s'] / w['wall_s']:.1f}x" if "openssl" in r else "-"
+            out.append(f"| {r['n']:,} | {w['wall_s']:.2f} | {w['bound_s']:.2f} | {w['vs_bound']:.2f}x "
+                       f"| {w['requests']:,} | {w['responder_max_active']} | {w['peak_rss_mb']:.0f} | {sp} |")
+    out += ["", f"`ocspstaple --help`: median {helpt['median_s']:.3f} s, min {helpt['min_s']:.3f} s "
+            f"over {len(helpt['runs'])} runs"]
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="100,1000,10000", help="comma-separated N (default: 100,1000,10000)")
+    ap.add_argument("--latency", type=float, default=0.05, help="responder latency per request, s (default 0.05)")
+    ap.add_argument("--jobs", type=int, default=None, help=f"pass --jobs (default: the CLI's, {DEFAULT_JOBS})")
+    ap.add_argument("--openssl-max", type=int, default=1000,
+                    help="run the openssl loop only for N up to this (default 1000)")
+    ap.add_argument("--wide", action="store_true",
+                    help="also a due run with --jobs 32 over 4 responder origins")
+    ap.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the numbers")
+    ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    args = ap.parse_args()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ocspstaple-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        print(f"N = {n:,} ...", file=sys.stderr, flush=True)
+        rows.append(bench_size(n, args, workdir))
+        r = rows[-1]
+        print(f"  due {r['due']['wall_s']} s (bound {r['bound_s']} s, exit {r['due']['exit']}, "
+              f"{r['due']['requests']} requests), no-op {r['noop']['wall_s']} s "
+              f"({r['noop']['requests']} requests)"
+              + (f", openssl {r['openssl']['wall_s']} s" if "openssl" in r else ""), file=sys.stderr, flush=True)
+        for k in ("due", "noop"):
+            if r[k]["exit"] != 0:
+                print(f"  {k} run exited {r[k]['exit']}: {r[k]['stderr'][-500:]}", file=sys.stderr)
+    helpt = help_time()
+    result = {"machine": machine(), "latency_s": args.latency, "per_host_cap": MAX_PER_HOST,
+              "default_jobs": DEFAULT_JOBS, "rows": rows, "help": helpt,
+              "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    m = result["machine"]
+    print(f"\nMachine: {m['nproc']} x {m['cpu']}, Python {m['python']}, {m['openssl']}")
+    print(f"Latency {args.latency * 1000:.0f} ms per request; jobs {rows[0]['jobs'] if rows else '-'}, "
+          f"per-host cap {MAX_PER_HOST}\n")
+    print(table(rows, helpt))
+    print(f"\nnumbers: {args.json}")
+    if not args.keep and args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    bad = [r["n"] for r in rows if r["due"]["exit"] != 0 or r["noop"]["exit"] != 0 or r["noop"]["requests"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""Where every staple stands: `status` (a table or JSON), `check` (a
+monitoring plugin) and the Prometheus metrics file of `refresh`.
+
+Everything here reads: the staple on disk (validated with the same rules as
+refresh), the certificate, and the state record of the last attempts.
+Nothing is fetched and nothing is written but the metrics file.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from ocspstaple import state
+from ocspstaple.certs import describe, load_pair, must_staple
+from ocspstaple.config import BadEntry, Staple
+from ocspstaple.errors import InputError
+from ocspstaple.refresh import inspect_disk
+from ocspstaple.store import Store
+from ocspstaple.validate import CertStatus, VerifiedResponse
+
+Clock = Callable[[], dt.datetime]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    """One certificate's staple, as status, check and the metrics see it."""
+
+    name: str
+    output: Path | None
+    subject: str | None = None
+    serial: str | None = None
+    must_staple: bool | None = None
+    #: the valid staple on disk (for a revoked one, also when it has run out)
+    staple: VerifiedResponse | None = None
+    #: whether that staple is usable now
+    usable: bool = False
+    problem: str = ""
+    refresh_at: float = 0.5
+    bad_input: bool = False
+    record: state.Record = state.Record()
+
+    @property
+    def status(self) -> str:
+        if self.staple is None:
+            return "none"
+        return "revoked" if self.staple.status is CertStatus.REVOKED else "good"
+
+    def left(self, now: dt.datetime) -> dt.timedelta | None:
+        return None if self.staple is None else self.staple.expires - now
+
+    @property
+    def window(self) -> dt.timedelta | None:
+        return None if self.staple is None else self.staple.expires - self.staple.this_update
+
+    @property
+    def refresh_due(self) -> dt.datetime | None:
+        if self.staple is None or not self.usable:
+            return None
+        return self.staple.refresh_due(self.refresh_at)
+
+
+def examine(
+    staples: Sequence[Staple | BadEntry], *, store: Store, clock: Clock, state_dir: Path | None
+) -> list[Row]:
+    """A Row per staple, in order; one broken certificate never hides the others."""
+    now = clock()
+    rows = []
+    for st in staples:
+        if isinstance(st, BadEntry):
+            rows.append(Row(name=st.name, output=None, problem=st.reason, bad_input=True))
+            continue
+        record = state.load(st.output, state_dir)
+        try:
+            pair = load_pair(st.cert, st.issuer)
+        except InputError as e:
+            rows.append(Row(name=st.name, output=st.output, problem=str(e), bad_input=True, record=record))
+            continue
+        disk = inspect_disk(store, st, pair, now)
+        rows.append(Row(
+            name=st.name, output=st.output, subject=describe(pair.cert), serial=pair.serial_hex,
+            must_staple=must_staple(pair.cert), staple=disk.usable or disk.revoked, usable=disk.usable is not None,
+            problem=disk.problem, refresh_at=st.refresh_at, record=record,
+        ))
+    return rows
+
+
+# -- status: a table and JSON ---------------------------------------------------
+
+def duration(d: dt.timedelta | None) -> str:
+    """``3d 4h``, ``5h 12m``, ``40m``; ``expired`` when negative."""
+    if d is None:
+        return "-"
+    seconds = int(d.total_seconds())
+    if seconds <= 0:
+        return "expired"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
+
+
+def age(d: dt.timedelta) -> str:
+    """How long something has lasted: ``duration``, but ``<1m`` (never "expired") for a short while."""
+    return "<1m" if d < dt.timedelta(minutes=1) else duration(d)
+
+
+def _when(t: dt.datetime | None) -> str:
+    return "-" if t is None else t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def last_failure(row: Row, now: dt.datetime) -> str:
+    """The LAST FAILURE cell: the failing streak, else why there is no staple, else "-"."""
+    r = row.record
+    if row.bad_input:
+        return row.problem
+    if not r.consecutive_failures:
+        return row.problem or "-"
+    since = r.failing_since or r.last_attempt
+    age_ = f" for {age(now - since)}" if since else ""
+    return f"{r.consecutive_failures} failed{age_}: {r.last_error or r.last_result}"
+
+
+def _yes_no(v: bool | None) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
+COLUMNS = ("CERTIFICATE", "STAPLE", "STATUS", "THIS UPDATE", "NEXT UPDATE", "LEFT", "REFRESH DUE",
+           "MUST-STAPLE", "LAST FAILURE")
+
+
+def table(rows: Sequence[Row], now: dt.datetime) -> list[tuple[str, ...]]:
+    """The cells of the status table, header first (times in UTC)."""
+    out: list[tuple[str, ...]] = [COLUMNS]
+    for row in rows:
+        s = row.staple
+        status = row.status if row.usable or row.staple is None else f"{row.status} (expired)"
+        out.append((
+            row.name, str(row.output or "-"), status,
+            _when(s.this_update if s else None), _when(s.next_update if s else None),
+            duration(row.left(now)) if row.usable else "-", _when(row.refresh_due),
+            _yes_no(row.must_staple), last_failure(row, now),
+        ))
+    return out
+
+
+def format_table(cells: Sequence[tuple[str, ...]], *, style: Callable[[str, str], str] | None = None) -> str:
+    """Aligned columns; ``style(text, status)`` may colour the STATUS cell (for a terminal)."""
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    lines = []
+    for n, r in enumerate(cells):
+        parts = []
+        for i, cell in enumerate(r):
+            text = cell.ljust(widths[i]) if i < len(r) - 1 else cell
+            if style is not None and n and i == 2:
+                text = style(text, cell)
+            parts.append(text)
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def to_json(rows: Sequence[Row], now: dt.datetime) -> str:
+    """The JSON array of `status --json`: stable keys, ISO 8601 UTC times, null when unknown."""
+    def t(v: dt.datetime | None) -> str | None:
+        return None if v is None else state.iso(v)
+
+    items = []
+    for row in rows:
+        s, r = row.staple, row.record
+        left = row.left(now)
+        items.append({
+            "cert": row.name,
+            "output": None if row.output is None else str(row.output),
+            "subject": row.subject,
+            "serial": row.serial,
+            "status": row.status,
+            "usable": row.usable,
+            "problem": row.problem or None,
+            "this_update": t(s.this_update if s else None),
+            "next_update": t(s.next_update if s else None),
+            "expires": t(s.expires if s else None),
+            "seconds_left": None if left is None else max(0, int(left.total_seconds())),
+            "refresh_due": t(row.refresh_due),
+            "revocation_time": t(s.revocation_time if s else None),
+            "revocation_reason": s.revocation_reason if s else None,
+            "signer": s.signer if s else None,
+            "must_staple": row.must_staple,
+            "last_attempt": t(r.last_attempt),
+            "last_success": t(r.last_success),
+            "failing_since": t(r.failing_since),
+            "consecutive_failures": r.consecutive_failures,
+            "last_error": r.last_error,
+        })
+    return json.dumps(items, indent=2)
+
+
+# -- check: a Nagios/Icinga plugin ------------------------------------------------
+
+class State(enum.IntEnum):
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+    @property
+    def rank(self) -> int:
+        """Severity order for the overall state: CRITICAL > WARNING > UNKNOWN > OK."""
+        return {State.OK: 0, State.UNKNOWN: 1, State.WARNING: 2, State.CRITICAL: 3}[self]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Time left below which a staple is flagged: a duration, or a fraction of its window."""
+
+    fraction: float | None = None
+    fixed: dt.timedelta | None = None
+
+    @classmethod
+    def parse(cls, text: str, what: str) -> Threshold:
+        from ocspstaple.config import parse_duration
+
+        text = text.strip()
+        if text.endswith("%"):
+            try:
+                pct = float(text[:-1])
+            except ValueError:
+                raise InputError(f"{what}: {text!r} is not a percentage such as 40%") from None
+            if not 0 < pct < 100:
+                raise InputError(f"{what}: {text} must be between 0% and 100%")
+            return cls(fraction=pct / 100)
+        return cls(fixed=parse_duration(text, what))
+
+    def of(self, window: dt.timedelta) -> dt.timedelta:
+        return self.fixed if self.fixed is not None else window * (self.fraction or 0)
+
+
+def evaluate(row: Row, now: dt.datetime, *, warning: Threshold, critical: Threshold,
+             max_failing: dt.timedelta) -> tuple[State, str]:
+    """One staple's state and, unless OK, why."""
+    if row.bad_input:
+        return State.UNKNOWN, row.problem
+    must = " (must-staple)" if row.must_staple else ""
+    if row.staple is not None and row.status == "revoked":
+        return State.CRITICAL, "certificate revoked"
+    if not row.usable or row.staple is None:
+        return State.CRITICAL, f"no valid staple{must}: {row.problem}"
+    left, window = row.left(now), row.window
+    assert left is not None and window is not None
+    if left < critical.of(window):
+        return State.CRITICAL, f"{duration(left)} left{must}"
+    if left < warning.of(window):
+        return (State.CRITICAL if row.must_staple else State.WARNING), f"{duration(left)} left{must}"
+    r = row.record
+    if r.consecutive_failures and r.failing_since and now - r.failing_since > max_failing:
+        return State.WARNING, f"refresh failing for {age(now - r.failing_since)}: {r.last_error}"
+    return State.OK, ""
+
+
+def _label(row: Row) -> str:
+    text = str(row.output or row.name)
+    return "'" + text.replace("'", "_").replace("=", "_") + "'"
+
+
+def check_line(rows: Sequence[Row], now: dt.datetime, *, warning: Threshold, critical: Threshold,
+               max_failing: dt.timedelta) -> tuple[State, str]:
+    """The plugin's state and its one output line, with perfdata."""
+    results = [(row, *evaluate(row, now, warning=warning, critical=critical, max_failing=max_failing))
+               for row in rows]
+    overall = max((s for _, s, _ in results), key=lambda s: s.rank, default=State.UNKNOWN)
+    if not rows:
+        return State.UNKNOWN, "OCSPSTAPLE UNKNOWN - no certificates to check"
+    problems = [f"{row.name}: {why}" for row, s, why in sorted(results, key=lambda x: -x[1].rank)
+                if s is not State.OK]
+    if problems:
+        counts = ", ".join(f"{sum(1 for _, s, _ in results if s is st)} {st.name.lower()}"
+                           for st in (State.CRITICAL, State.WARNING, State.UNKNOWN, State.OK)
+                           if any(s is st for _, s, _ in results))
+        summary = f"{counts}: " + "; ".join(problems)
+    else:
+        soonest = min(rows, key=lambda r: r.left(now) or dt.timedelta.max)
+        summary = f"{len(rows)} staple(s) valid, least left {duration(soonest.left(now))} ({soonest.name})"
+    perf = []
+    for row in rows:
+        left, window = row.left(now), row.window
+        if left is None or window is None or not row.usable:
+            perf.append(f"{_label(row)}=0s;;;0")
+            continue
+        # Thresholds as Nagios ranges "N:": alert when the time left falls below N.
+        perf.append(f"{_label(row)}={max(0, int(left.total_seconds()))}s;"
+                    f"{int(warning.of(window).total_seconds())}:;{int(critical.of(window).total_seconds())}:;0;"
+                    f"{int(window.total_seconds())}")
+    return overall, f"OCSPSTAPLE {overall.name} - {summary} | " + " ".join(perf)
+
+
+# -- metrics: Prometheus node_exporter textfile ---------------------------------------
+
+METRICS = (
+    ("ocspstaple_staple_this_update_timestamp_seconds", "thisUpdate of the valid staple on disk."),
+    ("ocspstaple_staple_next_update_timestamp_seconds", "nextUpdate of the valid staple on disk."),
+    ("ocspstaple_staple_expiry_timestamp_seconds",
+     "When the staple stops being usable (nextUpdate, or the responder certificate's notAfter)."),
+    ("ocspstaple_staple_status", "1 for the staple's status: good, revoked, or none (no valid staple)."),
+    ("ocspstaple_staple_must_staple", "1 if the certificate is must-staple (RFC 7633)."),
+    ("ocspstaple_last_success_timestamp_seconds", "Last time a valid response was fetched."),
+    ("ocspstaple_consecutive_failures", "Failed refreshes since the last success."),
+)
+RUN_METRICS = (
+    ("ocspstaple_run_duration_seconds", "Wall time of the last refresh run."),
+    ("ocspstaple_run_timestamp_seconds", "When the last refresh run ended."),
+    ("ocspstaple_run_exit_code", "Exit status of the last refresh run."),
+)
+
+
+@dataclass(frozen=True)
+class MetricStaple:
+    name: str
+    output: Path | None
+    staple: VerifiedResponse | None
+    must_staple: bool | None
+    record: state.Record
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(v: float) -> str:
+    return repr(float(v)) if not math.isinf(v) else "+Inf"
+
+
+def metrics_text(staples: Iterable[MetricStaple], *, duration_s: float, ended: dt.datetime, code: int) -> str:
+    """The textfile (newline-terminated), one series per staple and metric."""
+    series: dict[str, list[str]] = {name: [] for name, _ in METRICS}
+    for m in staples:
+        labels = f'cert="{_esc(m.name)}",output="{_esc(str(m.output or ""))}"'
+        s = m.staple
+        if s is not None:
+            series["ocspstaple_staple_this_update_timestamp_seconds"].append(
+                f"{{{labels}}} {_num(s.this_update.timestamp())}")
+            if s.next_update is not None:
+                series["ocspstaple_staple_next_update_timestamp_seconds"].append(
+                    f"{{{labels}}} {_num(s.next_update.timestamp())}")
+            series["ocspstaple_staple_expiry_timestamp_seconds"].append(f"{{{labels}}} {_num(s.expires.timestamp())}")
+        current = "none" if s is None else ("revoked" if s.status is CertStatus.REVOKED else "good")
+        for st in ("good", "revoked", "none"):
+            series["ocspstaple_staple_status"].append(f'{{{labels},status="{st}"}} {int(st == current)}')
+        if m.must_staple is not None:
+            series["ocspstaple_staple_must_staple"].append(f"{{{labels}}} {int(m.must_staple)}")
+        if m.record.last_success is not None:
+            series["ocspstaple_last_success_timestamp_seconds"].append(
+                f"{{{labels}}} {_num(m.record.last_success.timestamp())}")
+        series["ocspstaple_consecutive_failures"].append(f"{{{labels}}} {m.record.consecutive_failures}")
+    lines = []
+    for name, help_text in METRICS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [name + s for s in series[name]]
+    run_values = {"ocspstaple_run_duration_seconds": _num(duration_s),
+                  "ocspstaple_run_timestamp_seconds": _num(ended.timestamp()),
+                  "ocspstaple_run_exit_code": str(code)}
+    for name, help_text in RUN_METRICS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {run_values[name]}"]
+    return "\n".join(lines) + "\n"
+
