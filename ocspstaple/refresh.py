@@ -20,7 +20,16 @@ from ocspstaple.errors import FetchError, InputError, StaleError, StoreError, Va
 from ocspstaple.fetch import Fetched, HttpReply, Transport, fetch
 from ocspstaple.store import Store
 from ocspstaple.urls import check_url
-from ocspstaple.validate import SKEW, CertStatus, VerifiedResponse, check_window, fmt_time, validate, verify
+from ocspstaple.validate import (
+    MIN_REMAINING,
+    SKEW,
+    CertStatus,
+    VerifiedResponse,
+    check_window,
+    fmt_time,
+    validate,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -423,28 +432,50 @@ def _ask(
     """A valid response from ``url`` that is fresher than the staple on disk,
     how it was had, and a note for the log line; StaleError when there is none.
 
-    When a due staple gets a valid GET answer that is not fresher, a CDN may
-    have served a cached answer: ask once more with POST, which caches pass
-    through to the responder.
+    A CDN may serve a cached copy to GET: when the answer to GET is a validly
+    signed response that has expired, or (for a due staple) a valid one that
+    is not fresher, ask once more with POST, which caches pass through.
     """
     got = fetch(transport, url, request)
-    new = _validated(got, url, pair, st, shared, clock)
+    try:
+        new = _validated(got, url, pair, st, shared, clock)
+    except StaleError:
+        raise
+    except ValidationError:
+        if got.method != "GET" or not _expired_copy(got, pair, st, clock()):
+            raise
+        return _post_again(transport, url, request, pair, st, disk, shared=shared, clock=clock,
+                           why="the GET answer had expired (a cached copy?)")
     try:
         _check_fresher(new, disk)
         return new, got, ""
     except StaleError as e:
         if not (due and got.method == "GET"):
             raise _Stale(e, _retry_after(got, clock())) from None
-    log.debug("%s: GET answer not fresher (thisUpdate %s); asking again with POST", st.name,
-              fmt_time(new.this_update))
+    return _post_again(transport, url, request, pair, st, disk, shared=shared, clock=clock,
+                       why=f"the GET answer was older (thisUpdate {fmt_time(new.this_update)}, a cached copy?)")
+
+
+def _post_again(
+    transport: Transport, url: str, request: bytes, pair: Pair, st: Staple, disk: Disk, *,
+    shared: _Shared, clock: Clock, why: str,
+) -> tuple[VerifiedResponse, Fetched, str]:
+    log.debug("%s: %s; asking again with POST", st.name, why)
     again = fetch(transport, url, request, uncached=True)
     newer = _validated(again, url, pair, st, shared, clock)
     try:
         _check_fresher(newer, disk)
     except StaleError as e:
         raise _Stale(e, _retry_after(again, clock())) from None
-    return newer, again, (f"; the GET answer was older (thisUpdate {fmt_time(new.this_update)}, a cached copy?), "
-                          "POST gave the fresher one")
+    return newer, again, f"; {why}, POST gave the fresher one"
+
+
+def _expired_copy(got: Fetched, pair: Pair, st: Staple, now: dt.datetime) -> bool:
+    """Whether the answer is a validly signed response for this certificate that has run out."""
+    try:
+        return verify(got.body, pair=pair, default_validity=st.default_validity).expires <= now + MIN_REMAINING
+    except ValidationError:
+        return False
 
 
 def _validated(got: Fetched, url: str, pair: Pair, st: Staple, shared: _Shared, clock: Clock) -> VerifiedResponse:
@@ -489,8 +520,10 @@ def _fresh(st: Staple, disk: Disk, now: dt.datetime, shared: _Shared) -> Outcome
         return None
     due = disk.usable.refresh_due(st.refresh_at)
     if now >= due:
+        # The responder's max-age holds back at most half of what is left
+        # after the refresh point, so an outage after it still finds time.
         hold = shared.hold(st)
-        if hold is None or now >= hold:
+        if hold is None or now >= min(hold, due + (disk.usable.expires - due) / 2):
             return None
         return _kept(st, disk.usable, Result.FRESH,
                      f"staple due, but the responder's max-age says not to ask before {fmt_time(hold)}; "

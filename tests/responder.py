@@ -137,10 +137,18 @@ class Responder:
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
             return
+        # A Reply's own Date (a responder whose clock is off) replaces the one
+        # send_response() stamps, rather than adding a second Date header.
+        own_date = r.headers.get("Date")
+        if own_date is not None:
+            h.date_time_string = lambda timestamp=None: own_date  # type: ignore[method-assign]
+        else:
+            h.__dict__.pop("date_time_string", None)
         h.send_response(r.status)
         h.send_header("Content-Type", r.content_type)
         for k, v in r.headers.items():
-            h.send_header(k, v)
+            if k != "Date":
+                h.send_header(k, v)
         if r.no_length:
             h.send_header("Connection", "close")
             h.close_connection = True
