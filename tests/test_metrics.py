@@ -155,11 +155,15 @@ def test_refresh_writes_metrics(site: Site, responder: Responder, tmp_path: Path
     success = m.value("ocspstaple_last_success_timestamp_seconds", cert=cert)
 
     responder.fault("tryLater")
+    # Each version is held open, so that its inode cannot be reused: a file
+    # replaced by rename gets a new one; one rewritten in place would not.
+    held = [open(prom, "rb")]  # noqa: SIM115 (closed below)
     inodes = {prom.stat().st_ino}
     for n in (1, 2):
         run = refresh("--cert", site.cert, "--force", "--metrics-file", prom)
         assert run.code == 1, run.err
         inodes.add(prom.stat().st_ino)
+        held.append(open(prom, "rb"))  # noqa: SIM115
         m = parse_prometheus(prom.read_text())
         assert m.value("ocspstaple_consecutive_failures", cert=cert) == n
         assert m.value("ocspstaple_run_exit_code") == 1
@@ -168,6 +172,9 @@ def test_refresh_writes_metrics(site: Site, responder: Responder, tmp_path: Path
         assert m.value("ocspstaple_staple_this_update_timestamp_seconds", cert=cert) == \
             resp.this_update_utc.timestamp()
     assert len(inodes) == 3  # replaced each time (rename), never rewritten in place
+    assert [len(f.read()) > 0 for f in held] == [True] * 3  # every old version stayed whole
+    for f in held:
+        f.close()
     assert os.listdir(mdir) == ["ocspstaple.prom"]
 
     # A run with nothing due still writes the metrics, and no state record changes.
