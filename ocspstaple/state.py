@@ -10,7 +10,6 @@ derived from the output's absolute path.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -19,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ocspstaple.errors import StoreError
-from ocspstaple.store import atomic_write, lock_output, resolve_target, stale_temp_files
+from ocspstaple.store import atomic_write, lock_output, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -125,22 +124,24 @@ def save(output: Path, state_dir: Path | None, record: Record, *, lock_timeout: 
     warning (info when ``quiet``: the staple's own error already said why),
     never a lost staple.
 
-    Under the lock, a temp file of the record left by a killed run is
-    removed first, as for the staple itself.
+    Beside the staple, the record's temp file is named after the staple, so
+    the staple's own cleanup of a killed run's temp files (which lists each
+    directory once per run) removes it too; nothing here scans the directory,
+    which for thousands of staples in one directory would be quadratic.  In a
+    state directory a killed run's temp file stays (it is a few hundred bytes).
     """
     path = state_path(output, state_dir)
     try:
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
-        with lock_output(output, timeout=lock_timeout):
-            for stale in stale_temp_files(path):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-            # Beside the staple, the temp file is named after the staple: a run
-            # that finds the staple fresh (and takes no lock) still sees it.
+        with lock_output(output, timeout=lock_timeout, leftovers=_none):
             prefix = f".{resolve_target(output).name}.state." if state_dir is None else None
             # Not fsynced: losing the latest record to a power cut costs nothing.
             atomic_write(path, (json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n").encode(),
                          temp_prefix=prefix, durable=False)
     except (StoreError, OSError) as e:
         log.log(logging.INFO if quiet else logging.WARNING, "%s: cannot save the state record %s: %s", output, path, e)
+
+
+def _none(path: Path) -> list[Path]:
+    return []
