@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TypeVar
 
 from ocspstaple.errors import ConfigError, InputError
 from ocspstaple.urls import check_url
@@ -24,6 +24,14 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 DEFAULT_HOOK_TIMEOUT = 60.0
 NGINX_TEST = "nginx -t -q"
 MAX_CONFIG_BYTES = 64 << 20
+
+
+T = TypeVar("T", "Options", "RunSettings")
+
+
+def _over(top: T, base: T) -> T:
+    """``top``'s fields, with ``base``'s where ``top`` has None."""
+    return replace(base, **{k: v for k, v in vars(top).items() if v is not None})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,10 +47,7 @@ class Options:
 
     def over(self, base: Options) -> Options:
         """These options, with ``base`` filling in what is not given."""
-        return Options(**{
-            k: getattr(self, k) if getattr(self, k) is not None else getattr(base, k)
-            for k in self.__dataclass_fields__
-        })
+        return _over(self, base)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,10 +85,7 @@ class RunSettings:
 
     def over(self, base: RunSettings) -> RunSettings:
         """These settings, with ``base`` filling in what is not given."""
-        return RunSettings(**{
-            k: getattr(self, k) if getattr(self, k) is not None else getattr(base, k)
-            for k in self.__dataclass_fields__
-        })
+        return _over(self, base)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,33 @@ class AnswerNetwork:
         return self._reply()
 
 
+def run_on_tty(*args: str | Path, stream: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run ``python -m ocspstaple ARGS`` with its ``stream`` ("stdout" or
+    "stderr") on a pseudo-terminal, the other discarded; (exit code, what the
+    terminal got)."""
+    import pty
+
+    master, slave = pty.openpty()
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: slave}
+    p = subprocess.Popen([sys.executable, "-m", "ocspstaple", *map(str, args)], stdin=subprocess.DEVNULL,
+                         env=env, cwd=ROOT, **streams)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        code = p.wait(timeout=60)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -1,13 +1,11 @@
 """The progress bar: on a terminal's stderr for long runs, never otherwise."""
 from __future__ import annotations
 
-import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, Site, clean_env
+from conftest import ROOT, Site, clean_env, run_on_tty
 
 BAR = "] 25/25 certificates"
 
@@ -20,29 +18,12 @@ def config(site: Site, n: int = 25) -> Path:
 
 def run(args: list[str], *, tty: bool) -> tuple[int, str]:
     """Run the CLI with stderr on a pseudo-terminal (tty=True) or a pipe; return (code, stderr)."""
-    cmd = [sys.executable, "-m", "ocspstaple", *args]
     env = clean_env() | {"TERM": "xterm"}
-    if not tty:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
-        return p.returncode, p.stderr
-    master, slave = pty.openpty()
-    try:
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env,
-                             cwd=ROOT)
-        os.close(slave)
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        code = p.wait(timeout=60)
-    finally:
-        os.close(master)
-    return code, b"".join(chunks).decode(errors="replace")
+    if tty:
+        return run_on_tty(*args, stream="stderr", env=env)
+    p = subprocess.run([sys.executable, "-m", "ocspstaple", *args], capture_output=True, text=True, env=env,
+                       timeout=60, cwd=ROOT)
+    return p.returncode, p.stderr
 
 
 def test_a_long_run_on_a_terminal_shows_a_bar_and_clears_it(site: Site) -> None:

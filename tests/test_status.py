@@ -14,14 +14,11 @@ import datetime as dt
 import json
 import logging
 import os
-import pty
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
-from conftest import Run, Site, clean_env, run_cli
+from conftest import Run, Site, clean_env, run_cli, run_on_tty
 from pki import CA, DAY, HOUR
 from responder import Responder
 from watching import (
@@ -248,26 +245,9 @@ def test_status_on_a_terminal_has_colour(tmp_path: Path, ca: CA):
     now = utcnow()
     certs = [make_kind(tmp_path, ca, k, now) for k in ("good", "missing")]
     config = write_config(tmp_path / "ocspstaple.toml", certs)
-    master, slave = pty.openpty()
     env = clean_env() | {"TERM": "xterm", "COLUMNS": "400"}
-    p = subprocess.Popen([sys.executable, "-m", "ocspstaple", "status", "--config", str(config)],
-                         stdout=slave, stderr=subprocess.PIPE, env=env)
-    os.close(slave)
-    out = b""
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(master)
-        code = p.wait(timeout=30)
-        p.stderr.close()  # type: ignore[union-attr]
-    text = out.decode().replace("\r\n", "\n")
+    code, out = run_on_tty("status", "--config", config, stream="stdout", env=env)
+    text = out.replace("\r\n", "\n")
     assert code == 2
     assert ANSI.search(text), text
     plain = parse_table(ANSI.sub("", text))
