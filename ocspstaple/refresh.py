@@ -312,18 +312,17 @@ def _refresh_one(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> 
     # nothing is due cheap (no lock file, no directory scan per staple).
     # Anything that may lead to a write goes through the lock and decides
     # afresh.
+    outcome = None
     if not st.force and not _leftovers(store, st.output):
         now = clock()
-        fresh = _fresh(st, inspect_disk(store, st, pair, now), now, shared)
-        if fresh is not None:
-            return _must_staple(fresh) if must_staple(pair.cert) else fresh
-    try:
-        with store.lock(st.output, timeout=st.lock_timeout):
-            outcome = _refresh_locked(st, pair, urls, shared=shared, clock=clock, store=store)
-    except StoreError as e:
-        # The lock could not be had: say what the staple on disk is worth anyway.
-        disk = inspect_disk(store, st, pair, clock())
-        outcome = _failed(st, str(e), disk)
+        outcome = _fresh(st, inspect_disk(store, st, pair, now), now, shared)
+    if outcome is None:
+        try:
+            with store.lock(st.output, timeout=st.lock_timeout):
+                outcome = _refresh_locked(st, pair, urls, shared=shared, clock=clock, store=store)
+        except StoreError as e:
+            # The lock could not be had: say what the staple on disk is worth anyway.
+            outcome = _failed(st, str(e), inspect_disk(store, st, pair, clock()))
     return _must_staple(outcome) if must_staple(pair.cert) else outcome
 
 
@@ -385,7 +384,7 @@ def _refresh_locked(
     failures: list[str] = []
     for url in urls:
         try:
-            new, got, how = _ask(transport, url, request, pair, st, disk, due=due, shared=shared, clock=clock)
+            new, how = _ask(transport, url, request, pair, st, disk, due=due, shared=shared, clock=clock)
         except StaleError as e:
             if disk.usable is not None and e.this_update == disk.usable.this_update:
                 return replace(
@@ -425,12 +424,22 @@ class _Stale(StaleError):
         self.retry_after = retry_after
 
 
+class _Refused(ValidationError):
+    """A refused answer, and what it is once the time window is set aside
+    (None when even the signature or the CertID fails): it tells the
+    responder's clock, and whether a cache served a copy that ran out."""
+
+    def __init__(self, e: ValidationError, signed: VerifiedResponse | None) -> None:
+        super().__init__(str(e))
+        self.signed = signed
+
+
 def _ask(
     transport: Transport, url: str, request: bytes, pair: Pair, st: Staple, disk: Disk, *,
     due: bool, shared: _Shared, clock: Clock,
-) -> tuple[VerifiedResponse, Fetched, str]:
+) -> tuple[VerifiedResponse, str]:
     """A valid response from ``url`` that is fresher than the staple on disk,
-    how it was had, and a note for the log line; StaleError when there is none.
+    and a note for the log line on how it was had; StaleError when there is none.
 
     A CDN may serve a cached copy to GET: when the answer to GET is a validly
     signed response that has expired, or (for a due staple) a valid one that
@@ -439,16 +448,15 @@ def _ask(
     got = fetch(transport, url, request)
     try:
         new = _validated(got, url, pair, st, shared, clock)
-    except StaleError:
-        raise
-    except ValidationError:
-        if got.method != "GET" or not _expired_copy(got, pair, st, clock()):
+    except _Refused as e:
+        ran_out = e.signed is not None and e.signed.expires <= clock() + MIN_REMAINING
+        if got.method != "GET" or not ran_out:
             raise
         return _post_again(transport, url, request, pair, st, disk, shared=shared, clock=clock,
                            why="the GET answer had expired (a cached copy?)")
     try:
         _check_fresher(new, disk)
-        return new, got, ""
+        return new, ""
     except StaleError as e:
         if not (due and got.method == "GET"):
             raise _Stale(e, _retry_after(got, clock())) from None
@@ -459,7 +467,7 @@ def _ask(
 def _post_again(
     transport: Transport, url: str, request: bytes, pair: Pair, st: Staple, disk: Disk, *,
     shared: _Shared, clock: Clock, why: str,
-) -> tuple[VerifiedResponse, Fetched, str]:
+) -> tuple[VerifiedResponse, str]:
     log.debug("%s: %s; asking again with POST", st.name, why)
     again = fetch(transport, url, request, uncached=True)
     newer = _validated(again, url, pair, st, shared, clock)
@@ -467,31 +475,23 @@ def _post_again(
         _check_fresher(newer, disk)
     except StaleError as e:
         raise _Stale(e, _retry_after(again, clock())) from None
-    return newer, again, f"; {why}, POST gave the fresher one"
-
-
-def _expired_copy(got: Fetched, pair: Pair, st: Staple, now: dt.datetime) -> bool:
-    """Whether the answer is a validly signed response for this certificate that has run out."""
-    try:
-        return verify(got.body, pair=pair, default_validity=st.default_validity).expires <= now + MIN_REMAINING
-    except ValidationError:
-        return False
+    return newer, f"; {why}, POST gave the fresher one"
 
 
 def _validated(got: Fetched, url: str, pair: Pair, st: Staple, shared: _Shared, clock: Clock) -> VerifiedResponse:
+    """validate(), and the clock check on what the responder signed; _Refused when refused."""
     now = clock()
     try:
         new = validate(got.body, pair=pair, now=now, default_validity=st.default_validity)
-    except ValidationError:
+    except ValidationError as e:
         # A producedAt ahead of us is refused by the time window; the signed
         # response still tells the responder's clock, for the warning.
         try:
-            produced_at: dt.datetime | None = verify(
-                got.body, pair=pair, default_validity=st.default_validity).produced_at
+            signed: VerifiedResponse | None = verify(got.body, pair=pair, default_validity=st.default_validity)
         except ValidationError:
-            produced_at = None
-        shared.check_clock(got, url, now, produced_at)
-        raise
+            signed = None
+        shared.check_clock(got, url, now, signed.produced_at if signed else None)
+        raise _Refused(e, signed) from None
     shared.check_clock(got, url, now, new.produced_at)
     return new
 
