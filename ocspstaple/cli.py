@@ -309,6 +309,8 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
 
 def _record(staples: list[Any], outcomes: list[Any], run: Any, now: Any, *, code: int, duration_s: float) -> None:
     """Save each attempted staple's state record; write the metrics file if asked."""
+    if run.metrics_file is None and all(o.fetched is None for o in outcomes):
+        return  # a run where nothing was due: nothing to save, no pool to start
     from concurrent.futures import ThreadPoolExecutor
 
     from ocspstaple import state
