@@ -10,6 +10,8 @@ measures, for each N:
   next to the network bound ``ceil(N / c) * latency`` where ``c`` is the
   effective concurrency against the responder: min(jobs, per-host cap);
 * a no-op run over the same N (every staple fresh): wall time, requests (0);
+  and once more with an empty --state-dir (no verdicts to recall: every
+  staple checked in full, as on the first run after an upgrade);
 * a sequential baseline: a shell loop of ``openssl ocsp`` over the same N
   (for N <= --openssl-max, 1,000 by default);
 * optionally (``--wide``) a due run with ``--jobs 32`` over certificates
@@ -279,6 +281,13 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         noop.update(requests=responder.requests)
         row["noop"] = noop
 
+        # The same, with no verdicts to recall (an empty state directory):
+        # every staple checked in full, as on the first run after an upgrade.
+        responder.reset()
+        cold = measure([*cmd, "--state-dir", str(root / "no-verdicts")], env=cli_env())
+        cold.update(requests=responder.requests)
+        row["noop_full_checks"] = cold
+
         if n <= args.openssl_max:
             responder.reset()
             base = openssl_loop(fleet, root, n)
@@ -338,17 +347,15 @@ def machine() -> dict:
 
 def table(rows: list[dict], helpt: dict) -> str:
     head = ("| N | due run (s) | bound (s) | due/bound | requests | peak concurrency | peak RSS (MB) "
-            "| no-op run (s) | no-op requests | openssl loop (s) | speedup |")
+            "| no-op run (s) | no-op requests | no-op, full checks (s) | openssl loop (s) | speedup |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        d, z, o = r["due"], r["noop"], r.get("openssl")
+        d, z, c, o = r["due"], r["noop"], r["noop_full_checks"], r.get("openssl")
+        base = f"| {o['wall_s']:.1f} | {r['speedup_vs_openssl']:.1f}x |" if o else "| skipped | - |"
         out.append(
             f"| {r['n']:,} | {d['wall_s']:.2f} | {r['bound_s']:.2f} | {r['due_vs_bound']:.2f}x | {d['requests']:,} "
             f"| {d['responder_max_active']} | {d['peak_rss_mb']:.0f} | {z['wall_s']:.2f} | {z['requests']} "
-            f"| {o['wall_s']:.1f} | {r['speedup_vs_openssl']:.1f}x |" if o else
-            f"| {r['n']:,} | {d['wall_s']:.2f} | {r['bound_s']:.2f} | {r['due_vs_bound']:.2f}x | {d['requests']:,} "
-            f"| {d['responder_max_active']} | {d['peak_rss_mb']:.0f} | {z['wall_s']:.2f} | {z['requests']} "
-            "| skipped | - |"
+            f"| {c['wall_s']:.2f} " + base
         )
     wide = [r for r in rows if "wide" in r]
     if wide:

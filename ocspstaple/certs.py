@@ -11,6 +11,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ocspstaple import der
 from ocspstaple.errors import InputError
+from ocspstaple.store import read_file
 
 # Far larger than any real certificate chain; a bound so that a wrong path
 # (a log file, a device) is refused rather than read whole.
@@ -31,9 +32,13 @@ class Pair:
 
 def read_pem_file(path: Path) -> list[x509.Certificate]:
     """All certificates in a PEM file (other PEM blocks, such as keys, are skipped)."""
+    return parse_pem(read_pem_bytes(path), name=str(path))
+
+
+def read_pem_bytes(path: Path) -> bytes:
+    """The bytes of a certificate file, bounded; InputError when unreadable."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PEM_BYTES + 1)
+        data = read_file(path, MAX_PEM_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"cannot read {path}: no such file") from None
     except IsADirectoryError:
@@ -42,7 +47,7 @@ def read_pem_file(path: Path) -> list[x509.Certificate]:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
     if len(data) > MAX_PEM_BYTES:
         raise InputError(f"{path} is larger than {MAX_PEM_BYTES} bytes; not a certificate file")
-    return parse_pem(data, name=str(path))
+    return data
 
 
 def parse_pem(data: bytes, *, name: str) -> list[x509.Certificate]:
@@ -63,9 +68,16 @@ def load_pair(cert_path: Path, issuer_path: Path | None) -> Pair:
     ``cert_path`` (a fullchain.pem or HAProxy's combined PEM).
     """
     chain = read_pem_file(cert_path)
+    issuers = read_pem_file(issuer_path) if issuer_path is not None else None
+    return pair_of(chain, issuers, cert_path=cert_path)
+
+
+def pair_of(chain: list[x509.Certificate], issuers: list[x509.Certificate] | None, *, cert_path: Path) -> Pair:
+    """load_pair for parsed files: the first of ``issuers`` when given, else
+    the certificate of ``chain`` after the first that signed it."""
     cert = chain[0]
-    if issuer_path is not None:
-        issuer = read_pem_file(issuer_path)[0]
+    if issuers is not None:
+        issuer = issuers[0]
     else:
         found = find_issuer(cert, chain[1:])
         if found is not None:

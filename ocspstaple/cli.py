@@ -275,7 +275,8 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
     started = time.monotonic()
     try:
         outcomes = refresh_all(staples, network=network, clock=clock, store=FileStore(), jobs=run.jobs,
-                               on_done=progress, hold=lambda st: state.load(st.output, run.state_dir).retry_after)
+                               on_done=progress, hold=lambda st: state.load(st.output, run.state_dir).retry_after,
+                               recall=lambda st: state.recall(st.output, run.state_dir))
     except KeyboardInterrupt:
         # Writes are atomic: whatever was interrupted left the staple as it was.
         log.error("interrupted; staples not yet refreshed are left as they were")
@@ -325,8 +326,8 @@ def _record(staples: list[Any], outcomes: list[Any], run: Any, now: Any, *, code
             return state.Record()  # nothing to save, nothing to report: a no-op run stays cheap
         record = state.load(st.output, run.state_dir)
         if o.fetched is not None:
-            record = (record.succeeded(now, o.result.value, o.retry_after) if o.fetched
-                      else record.failed(now, o.result.value, o.error or o.message))
+            record = (record.succeeded(now, o.result.value, o.retry_after, o.checked()) if o.fetched
+                      else record.failed(now, o.result.value, o.error or o.message, o.checked()))
             state.save(st.output, run.state_dir, record, lock_timeout=st.lock_timeout,
                        quiet=o.result.exit_code > 0)
         return record

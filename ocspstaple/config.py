@@ -138,8 +138,11 @@ def check_socket(value: str, what: str) -> str:
 
 
 def _with_options(st: Staple, options: Options) -> Staple:
-    given = {k: v for k, v in vars(options).items() if v is not None}
-    return replace(st, **given)
+    return replace(st, **_given(options))
+
+
+def _given(options: Options) -> dict[str, Any]:
+    return {k: v for k, v in vars(options).items() if v is not None}
 
 
 def parse_duration(value: object, what: str) -> dt.timedelta:
@@ -254,10 +257,14 @@ def read_config(path: Path, *, cli: Options, force: bool) -> Config:
     run = replace(run, state_dir=root / run.state_dir if run.state_dir else None,
                   metrics_file=root / run.metrics_file if run.metrics_file else None)
     out: list[Staple | BadEntry] = []
+    # What a table without settings of its own gets, worked out once: a
+    # config may have thousands of tables.
+    common = _given(cli.over(file_defaults))
+    paths = _Paths(root)
     for name, table in staples.items():
         try:
-            out.append(_staple(name, table, root=root, cli=cli, defaults=file_defaults, force=force,
-                               where=f"[staple.{name}]"))
+            out.append(_staple(name, table, root=paths, cli=cli, defaults=file_defaults, common=common,
+                               force=force, where=f"[staple.{name}]"))
         except InputError as e:
             # Name the certificate when the table says which one it is.
             cert = table.get("cert") if isinstance(table, dict) else None
@@ -273,12 +280,28 @@ def _options(table: Mapping[str, Any], where: str, *, allowed: set[str]) -> Opti
     return Options(**{k: conv(table[k], f"{where} {k}") for k, conv in _OPTION_KEYS.items() if k in table})
 
 
+class _Paths:
+    """Paths relative to a config's directory; one Path object per distinct
+    string (thousands of tables name the same issuer file)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: dict[str, Path] = {}
+
+    def __truediv__(self, rel: str) -> Path:
+        p = self._made.get(rel)
+        if p is None:
+            p = self._made[rel] = self.root / rel
+        return p
+
+
 def _staple(
-    name: str, table: object, *, root: Path, cli: Options, defaults: Options, force: bool, where: str
+    name: str, table: object, *, root: _Paths, cli: Options, defaults: Options, common: dict[str, Any], force: bool,
+    where: str,
 ) -> Staple:
     if not isinstance(table, dict):
         raise InputError(f"{where} must be a table")
-    opts = _options(table, where, allowed=_STAPLE_KEYS)
+    opts = _options(table, where, allowed=_STAPLE_KEYS) if table.keys() - _STAPLE_KEYS else None
     if "cert" not in table:
         raise InputError(f"{where}: missing key cert")
     cert = root / _str(table["cert"], f"{where} cert")
@@ -289,9 +312,8 @@ def _staple(
     if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
         raise InputError(f"{where} url: expected a string or a list of strings")
     # The command line wins over the staple's table, which wins over [defaults].
-    merged = cli.over(opts.over(defaults))
-    st = Staple(name=str(cert), cert=cert, issuer=issuer, output=output, urls=tuple(urls), force=force)
-    return _with_options(st, merged)
+    given = common if opts is None else _given(cli.over(opts.over(defaults)))
+    return Staple(name=str(cert), cert=cert, issuer=issuer, output=output, urls=tuple(urls), force=force, **given)
 
 
 
@@ -302,10 +324,29 @@ def shared_outputs(staples: Sequence[Staple | BadEntry]) -> list[str]:
     Files are compared where their links lead; they are named as configured.
     """
     by_output: dict[str, dict[str, str]] = {}
+    dirs: dict[str, str] = {}
+    cwd = os.getcwd()
+
+    def real(path: Path) -> str:
+        # realpath() walks every component of every path; thousands of
+        # staples share a few directories, so resolve each directory once.
+        p = os.path.normpath(os.path.join(cwd, path))  # abspath(), without a getcwd() per path
+        if os.path.islink(p):
+            return os.path.realpath(p)
+        head, tail = os.path.split(p)
+        if head not in dirs:
+            dirs[head] = os.path.realpath(head)
+        return os.path.join(dirs[head], tail)
+
+    by_path: dict[str, list[Staple]] = {}
     for st in staples:
         if isinstance(st, Staple):
-            certs = by_output.setdefault(os.path.realpath(st.output), {})
-            certs.setdefault(os.path.realpath(st.cert), str(st.cert))
+            by_path.setdefault(real(st.output), []).append(st)
+    for out, sts in by_path.items():
+        if len(sts) > 1:
+            certs = by_output[out] = {}
+            for st in sts:
+                certs.setdefault(real(st.cert), str(st.cert))
     return [f"{out}: written for {len(certs)} certificates ({', '.join(certs.values())}); each run would "
             "replace one's staple with another's: give each its own output"
             for out, certs in by_output.items() if len(certs) > 1]

@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 import logging
+import os
+import pickle
+import signal
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ocspstaple.certs import Pair, build_request, check_issued_by, load_pair, must_staple, ocsp_urls, read_pem_file
+from ocspstaple.certs import Pair, build_request, must_staple, ocsp_urls, pair_of, parse_pem, read_pem_bytes
 from ocspstaple.config import BadEntry, Staple
 from ocspstaple.errors import FetchError, InputError, StaleError, StoreError, ValidationError
 from ocspstaple.fetch import Fetched, HttpReply, Transport, fetch
+from ocspstaple.state import Checked
 from ocspstaple.store import Store
 from ocspstaple.urls import check_url
 from ocspstaple.validate import (
@@ -35,10 +41,19 @@ log = logging.getLogger(__name__)
 
 #: Staples refreshed at once when --jobs is not given.
 DEFAULT_JOBS = 8
+#: From this many staples on, a second process looks at half of them first
+#: (see _quick_all).
+SPLIT_AT = 1000
 
 Clock = Callable[[], dt.datetime]
 #: (timeout, proxy) -> a transport; lets one run share connections per setting.
 Network = Callable[[float, "str | None"], Transport]
+#: The verdict of the last full check of a staple (from its state record), if any.
+Recall = Callable[[Staple], "Checked | None"]
+
+#: Part of every checked_digest: raise it whenever a check of validate.verify,
+#: certs.pair_of or must_staple changes, so that no older verdict is taken.
+CHECKS_VERSION = b"ocspstaple checks 1"
 
 
 class Result(enum.Enum):
@@ -86,6 +101,15 @@ class Outcome:
     retry_after: dt.datetime | None = None
     #: the certificate asks for a staple in every handshake (RFC 7633)
     must_staple: bool = False
+    #: checked_digest of the inputs and ``staple``, for the state record
+    digest: str | None = None
+
+    def checked(self) -> Checked | None:
+        """The verdict to keep in the state record: ``staple`` passed every
+        check but the time window, with the inputs of ``digest``."""
+        if self.staple is None or self.digest is None:
+            return None
+        return Checked(digest=self.digest, response=replace(self.staple, der=b""), must_staple=self.must_staple)
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,8 @@ def refresh_all(
     jobs: int | None = None,
     on_done: Callable[[Outcome], None] | None = None,
     hold: Callable[[Staple], dt.datetime | None] | None = None,
+    recall: Recall | None = None,
+    split_at: int = SPLIT_AT,
 ) -> list[Outcome]:
     """Refresh every staple; one failure never stops the others.
 
@@ -129,35 +155,127 @@ def refresh_all(
       settings: the same certificate and issuer configured for several
       outputs) are sent once, and every staple asking gets that answer to
       validate for itself;
-    * an issuer file named by many staples is parsed once.
+    * an issuer file named by many staples is read and parsed once.
+
+    ``recall``: the verdict of a staple's last full check (see state.Checked).
+    Every staple is first looked at without the pool: one whose certificate,
+    issuer and staple are byte for byte what an earlier run verified, and
+    which is usable and not due, is FRESH without verifying a signature (and
+    without the pool's hand-offs).  The rest go to the pool.  With
+    ``split_at`` staples or more, a forked process looks at half of them
+    (see _quick_all).
 
     The per-responder cap on requests in flight (fetch.MAX_PER_HOST) is the
     transport's: HttpTransport holds each request's slot until its socket
     work is over.
     """
-    shared = _Shared(network, hold)
+    shared = _Shared(network, hold, recall)
     jobs = DEFAULT_JOBS if jobs is None else max(1, jobs)
 
-    def one(st: Staple | BadEntry) -> Outcome:
-        outcome = _one(st, shared, clock=clock, store=store)
+    def done(outcome: Outcome) -> Outcome:
         report(outcome)
         if on_done is not None:
             on_done(outcome)  # e.g. a progress bar; called from the worker threads
         return outcome
 
-    if jobs == 1 or len(staples) <= 1:
-        return [one(st) for st in staples]
-    pool = ThreadPoolExecutor(max_workers=min(jobs, len(staples)), thread_name_prefix="ocspstaple-job")
+    def one(st: Staple | BadEntry) -> Outcome:
+        return done(_one(st, shared, clock=clock, store=store))
+
+    outcomes = _quick_all(staples, shared, clock=clock, store=store, split_at=split_at)
+    for o in outcomes:
+        if o is not None:
+            done(o)
+    rest = [i for i, o in enumerate(outcomes) if o is None]
+    if jobs == 1 or len(rest) <= 1:
+        for i in rest:
+            outcomes[i] = one(staples[i])
+        return _all(outcomes)
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(rest)), thread_name_prefix="ocspstaple-job")
     try:
-        futures: list[Future[Outcome]] = [pool.submit(one, st) for st in staples]
-        outcomes = [f.result() for f in futures]
+        futures: list[tuple[int, Future[Outcome]]] = [(i, pool.submit(one, staples[i])) for i in rest]
+        for i, f in futures:
+            outcomes[i] = f.result()
     except BaseException:
         # Ctrl-C: staples not started are left alone; the ones in progress
         # finish (their writes are atomic either way).
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    return outcomes
+    return _all(outcomes)
+
+
+def _all(outcomes: list[Outcome | None]) -> list[Outcome]:
+    assert all(o is not None for o in outcomes)
+    return [o for o in outcomes if o is not None]
+
+
+def _quick_all(
+    staples: Sequence[Staple | BadEntry], shared: _Shared, *, clock: Clock, store: Store, split_at: int
+) -> list[Outcome | None]:
+    """_quick for every staple; with ``split_at`` or more, in two processes.
+
+    Looking at a recalled staple is a few file reads and a little Python per
+    staple, all under the GIL: threads cannot share it, but a forked child
+    can take the second half on another core.  It only reads (its outcomes
+    come back pickled through a pipe; the log lines, the progress and every
+    write stay with this process) and anything it could not do, or a child
+    that fails, is simply decided in full here.  No fork while other threads
+    run (a fork copies their held locks) or on one CPU.
+    """
+    n = len(staples)
+    if (n < split_at or n < 2 or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2
+            or threading.active_count() > 1):
+        return [_quick(st, shared, clock=clock, store=store) for st in staples]
+    half = n // 2
+    theirs = staples[half:]
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.close(r)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            data = pickle.dumps([_quick(st, shared, clock=clock, store=store) for st in theirs],
+                                protocol=pickle.HIGHEST_PROTOCOL)
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            mine = [_quick(st, shared, clock=clock, store=store) for st in staples[:half]]
+            data = f.read()
+    except BaseException:  # Ctrl-C: the child must not outlive us
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    os.waitpid(pid, 0)
+    try:
+        got = pickle.loads(data)  # from our own child, through our own pipe
+    except Exception:
+        got = None
+    if not isinstance(got, list) or len(got) != len(theirs):
+        log.debug("the second process looked at no staples; deciding them here")
+        got = [None] * len(theirs)
+    return mine + got
+
+
+def _quick(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) -> Outcome | None:
+    """The outcome when it needs neither a signature check nor the network:
+    a bad entry, or a staple recalled FRESH; None: decide in full."""
+    if isinstance(st, BadEntry):
+        return _one(st, shared, clock=clock, store=store)
+    if st.force or shared.recall is None:
+        return None
+    try:
+        return _recalled(st, shared, clock=clock, store=store)
+    except Exception:  # a bug here costs only the shortcut
+        log.debug("%s: recalling the last check failed", st.name, exc_info=True)
+        return None
 
 
 def _one(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) -> Outcome:
@@ -174,15 +292,17 @@ def _one(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) 
 class _Shared:
     """What the staples of one run share; safe to use from many threads."""
 
-    def __init__(self, network: Network, hold: Callable[[Staple], dt.datetime | None] | None = None) -> None:
+    def __init__(self, network: Network, hold: Callable[[Staple], dt.datetime | None] | None = None,
+                 recall: Recall | None = None) -> None:
         self._network = network
         #: when a staple's responder may be asked again (its max-age), from the state records
         self.hold = hold or (lambda st: None)
+        self.recall = recall
         self._skew_warned = False
         self._lock = threading.Lock()
         self._transports: dict[tuple[float, str | None], _Deduped] = {}
         self._flights: dict[tuple[Any, ...], _Flight] = {}
-        self._issuers: dict[Path, Any] = {}
+        self._issuers: dict[Path, tuple[bytes, list[Any]] | InputError] = {}
 
     def check_clock(self, got: Fetched, url: str, now: dt.datetime, produced_at: dt.datetime | None) -> None:
         """Warn once per run when the responder's clock (HTTP Date; a producedAt
@@ -239,24 +359,50 @@ class _Shared:
         assert flight.reply is not None
         return flight.reply
 
-    def load_pair(self, st: Staple) -> Pair:
-        """certs.load_pair, with an explicit issuer file parsed once per run."""
+    def inputs(self, st: Staple) -> Inputs:
+        """The certificate file's bytes, and the issuer file's (read and
+        parsed once per run: many staples name one issuer file)."""
+        cert = read_pem_bytes(st.cert)
         if st.issuer is None:
-            return load_pair(st.cert, None)
-        cert = read_pem_file(st.cert)[0]
+            return Inputs(cert, None, None)
         with self._lock:
-            issuers = self._issuers.get(st.issuer)
-        if issuers is None:
+            issuer = self._issuers.get(st.issuer)
+        if issuer is None:
             try:
-                issuers = read_pem_file(st.issuer)
+                data = read_pem_bytes(st.issuer)
+                issuer = (data, parse_pem(data, name=str(st.issuer)))
             except InputError as e:
-                issuers = e  # the same error for every staple naming it
+                issuer = e  # the same error for every staple naming it
             with self._lock:
-                self._issuers[st.issuer] = issuers
-        if isinstance(issuers, InputError):
-            raise InputError(str(issuers))
-        check_issued_by(cert, issuers[0])
-        return Pair(cert=cert, issuer=issuers[0])
+                self._issuers[st.issuer] = issuer
+        if isinstance(issuer, InputError):
+            raise InputError(str(issuer))
+        return Inputs(cert, *issuer)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What one staple's checks start from, as read."""
+
+    cert: bytes
+    issuer: bytes | None  # None: the issuer is in the certificate file
+    issuers: list[Any] | None  # the issuer file's certificates, parsed
+
+    def pair(self, st: Staple) -> Pair:
+        return pair_of(parse_pem(self.cert, name=str(st.cert)), self.issuers, cert_path=st.cert)
+
+
+def checked_digest(st: Staple, inputs: Inputs, staple: bytes) -> str:
+    """SHA-256 over everything a staple's time-free checks depend on: the
+    certificate and issuer files, the staple, the settings that bear on the
+    checks (URLs given, default validity) and CHECKS_VERSION."""
+    h = hashlib.sha256()
+    parts = (CHECKS_VERSION, inputs.cert, b"\0" if inputs.issuer is None else b"\1" + inputs.issuer, staple,
+             "\n".join(st.urls).encode(), repr(st.default_validity.total_seconds()).encode())
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
 
 
 class _Flight:
@@ -300,9 +446,38 @@ def _span(d: dt.timedelta) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
+def _recalled(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> Outcome | None:
+    """FRESH from the verdict of an earlier full check (state.Checked), when
+    the certificate, issuer and staple are byte for byte what it checked, and
+    the staple is usable now and not due; None: decide in full."""
+    assert shared.recall is not None
+    checked = shared.recall(st)
+    if checked is None or _leftovers(store, st.output):
+        return None
+    try:
+        inputs = shared.inputs(st)
+        data = store.read(st.output)
+    except (InputError, StoreError):
+        return None  # said in full by the full decision
+    if data is None or checked_digest(st, inputs, data) != checked.digest:
+        return None
+    staple = replace(checked.response, der=data)
+    now = clock()
+    try:
+        check_window(staple, now=now)
+    except ValidationError:
+        return None
+    disk = Disk(staple, staple if staple.status is CertStatus.REVOKED else None, "")
+    outcome = _fresh(st, disk, now, shared)
+    if outcome is None:
+        return None
+    return _must_staple(outcome) if checked.must_staple else outcome
+
+
 def _refresh_one(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> Outcome:
     try:
-        pair = shared.load_pair(st)
+        inputs = shared.inputs(st)
+        pair = inputs.pair(st)
         urls = _urls(st, pair)
     except InputError as e:
         return Outcome(name=st.name, output=st.output, result=Result.BAD_INPUT, message=str(e))
@@ -323,6 +498,8 @@ def _refresh_one(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> 
         except StoreError as e:
             # The lock could not be had: say what the staple on disk is worth anyway.
             outcome = _failed(st, str(e), inspect_disk(store, st, pair, clock()))
+    if outcome.staple is not None:
+        outcome = replace(outcome, digest=checked_digest(st, inputs, outcome.staple.der))
     return _must_staple(outcome) if must_staple(pair.cert) else outcome
 
 

@@ -7,6 +7,15 @@ no-op run stays cheap).  By default the record sits beside the staple as
 ``.NAME.state.json`` (a dotfile: HAProxy's ``crt DIR`` loads every other file
 as a certificate); with a state directory, in that directory under a name
 derived from the output's absolute path.
+
+A record also keeps the verdict of the last full check of the staple it was
+saved with (``checked``): the SHA-256 digest of the exact certificate, issuer
+and staple bytes that passed, and what the staple said.  A later run that
+finds the same bytes takes the verdict instead of verifying two signatures
+again; any other byte (a staple written by hand, a renewed certificate, a
+changed setting) misses and is checked in full.  The verdict is only believed
+from a record owned by the user running ocspstaple and writable by no one
+else.
 """
 from __future__ import annotations
 
@@ -14,11 +23,13 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+import os
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ocspstaple.errors import StoreError
-from ocspstaple.store import atomic_write, lock_output, resolve_target
+from ocspstaple.store import atomic_write, lock_output, read_fd, resolve_target
+from ocspstaple.validate import CertStatus, VerifiedResponse
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +38,55 @@ VERSION = 1
 MAX_RECORD = 64 << 10
 #: The last error is kept to this many characters.
 MAX_ERROR = 2000
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A staple that passed every check but the time window, and the digest of
+    the bytes it passed with (refresh.checked_digest)."""
+
+    digest: str
+    #: the staple's fields; its ``der`` is empty (the staple file holds it)
+    response: VerifiedResponse
+    must_staple: bool
+
+    def to_json(self) -> dict[str, object]:
+        r: dict[str, object] = {}
+        for f in fields(VerifiedResponse):
+            v = getattr(self.response, f.name)
+            if f.name != "der":
+                # Full precision: the window is recomputed from these.
+                r[f.name] = v.isoformat() if isinstance(v, dt.datetime) else getattr(v, "value", v)
+        return {"digest": self.digest, "must_staple": self.must_staple, "response": r}
+
+    @classmethod
+    def from_json(cls, d: object) -> Checked:
+        """Raises ValueError or TypeError when ``d`` is not a verdict we wrote."""
+        if not isinstance(d, dict) or not isinstance(d["digest"], str) or not isinstance(d["must_staple"], bool):
+            raise ValueError("bad checked")
+        r = d["response"]
+        signer, reason = r["signer"], r["revocation_reason"]
+        if not isinstance(signer, str) or not (reason is None or isinstance(reason, str)):
+            raise ValueError("bad checked response")
+        response = VerifiedResponse(
+            der=b"", status=CertStatus(r["status"]), signer=signer, revocation_reason=reason,
+            this_update=_utc(r["this_update"]), next_update=_utc_or_none(r["next_update"]),
+            produced_at=_utc(r["produced_at"]), expires=_utc(r["expires"]),
+            signer_not_before=_utc_or_none(r["signer_not_before"]),
+            revocation_time=_utc_or_none(r["revocation_time"]))
+        return cls(digest=d["digest"], response=response, must_staple=d["must_staple"])
+
+
+def _utc(v: str) -> dt.datetime:
+    """A time as Checked.to_json writes it (isoformat of a UTC time)."""
+    t = dt.datetime.fromisoformat(v)
+    if t.utcoffset() != dt.timedelta(0):
+        raise ValueError("not a UTC time")
+    return t
+
+
+def _utc_or_none(v: str | None) -> dt.datetime | None:
+    return None if v is None else _utc(v)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,21 +102,30 @@ class Record:
     last_result: str | None = None
     #: the responder's max-age after an answer with nothing newer: not to be asked before then
     retry_after: dt.datetime | None = None
+    #: the last full check of the staple on disk, if it passed
+    checked: Checked | None = None
 
-    def succeeded(self, now: dt.datetime, result: str, retry_after: dt.datetime | None = None) -> Record:
+    def succeeded(self, now: dt.datetime, result: str, retry_after: dt.datetime | None = None,
+                  checked: Checked | None = None) -> Record:
         now = now.replace(microsecond=0)  # as saved: the same value in this run's metrics and the next's
-        return Record(last_attempt=now, last_success=now, last_result=result, retry_after=retry_after)
+        return Record(last_attempt=now, last_success=now, last_result=result, retry_after=retry_after,
+                      checked=checked)
 
-    def failed(self, now: dt.datetime, result: str, error: str) -> Record:
+    def failed(self, now: dt.datetime, result: str, error: str, checked: Checked | None = None) -> Record:
         now = now.replace(microsecond=0)
         return replace(self, last_attempt=now, failing_since=self.failing_since or now,
                        consecutive_failures=self.consecutive_failures + 1,
-                       last_error=error[:MAX_ERROR], last_result=result)
+                       last_error=error[:MAX_ERROR], last_result=result, checked=checked)
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {"version": VERSION}
-        for k, v in asdict(self).items():
-            d[k] = iso(v) if isinstance(v, dt.datetime) else v
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "checked":
+                if v is not None:
+                    d[f.name] = v.to_json()
+            else:
+                d[f.name] = iso(v) if isinstance(v, dt.datetime) else v
         return d
 
     @classmethod
@@ -70,7 +139,13 @@ class Record:
         error, result = d.get("last_error"), d.get("last_result")
         if not (error is None or isinstance(error, str)) or not (result is None or isinstance(result, str)):
             raise ValueError("bad last_error or last_result")
-        return cls(**times, consecutive_failures=failures, last_error=error, last_result=result)
+        checked = None
+        if d.get("checked") is not None:
+            try:
+                checked = Checked.from_json(d["checked"])
+            except (ValueError, TypeError, KeyError):
+                checked = None  # checked in full again: costs time, never safety
+        return cls(**times, consecutive_failures=failures, last_error=error, last_result=result, checked=checked)
 
 
 def iso(t: dt.datetime) -> str:
@@ -92,19 +167,26 @@ def _time(v: object) -> dt.datetime | None:
 def state_path(output: Path, state_dir: Path | None) -> Path:
     """Where the record of ``output`` lives: beside the file the staple is
     (for a symlinked output, beside the link's target)."""
+    return Path(_state_file(output, state_dir))
+
+
+def _state_file(output: Path, state_dir: Path | None) -> str:
+    # In strings, not Paths: recall() runs for every staple of a no-op run.
     if state_dir is None:
-        target = resolve_target(output)
-        return target.with_name(f".{target.name}.state.json")
+        target = os.fspath(output)
+        if os.path.islink(target):
+            target = os.path.realpath(target)
+        head, name = os.path.split(target)
+        return os.path.join(head, f".{name}.state.json")
     key = hashlib.sha256(str(output.absolute()).encode()).hexdigest()[:16]
-    return state_dir / f"{output.name}.{key}.json"
+    return os.path.join(state_dir, f"{output.name}.{key}.json")
 
 
 def load(output: Path, state_dir: Path | None) -> Record:
     """The record of ``output``; an empty one if there is none or it is unreadable."""
     path = state_path(output, state_dir)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_RECORD + 1)
+        raw, ours = _read(path)
     except FileNotFoundError:
         return Record()
     except OSError as e:
@@ -113,10 +195,49 @@ def load(output: Path, state_dir: Path | None) -> Record:
     try:
         if len(raw) > MAX_RECORD:
             raise ValueError("too large")
-        return Record.from_json(json.loads(raw))
+        record = Record.from_json(json.loads(raw))
     except ValueError as e:  # json.JSONDecodeError is a ValueError
         log.warning("%s: ignoring unreadable state record %s (%s)", output, path, e)
         return Record()
+    if record.checked is not None and not ours:
+        _not_ours(output, path)
+        record = replace(record, checked=None)
+    return record
+
+
+def recall(output: Path, state_dir: Path | None) -> Checked | None:
+    """Only the verdict of ``output``'s record (load() reads it all): None
+    when there is none, or the record is unreadable or not ours alone."""
+    path = _state_file(output, state_dir)
+    try:
+        raw, ours = _read(path)
+        d = json.loads(raw) if len(raw) <= MAX_RECORD else None
+        if not isinstance(d, dict) or d.get("version") != VERSION or d.get("checked") is None:
+            return None
+        checked = Checked.from_json(d["checked"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # load() says why, where it matters
+    if not ours:
+        _not_ours(output, path)
+        return None
+    return checked
+
+
+def _read(path: Path | str) -> tuple[bytes, bool]:
+    """A record's bytes, and whether only this user could have written it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    ours = info.st_uid == os.geteuid() and not info.st_mode & 0o022
+    return read_fd(fd, MAX_RECORD + 1), ours
+
+
+def _not_ours(output: Path, path: Path | str) -> None:
+    # Someone else could have written this verdict: the staple is checked in full.
+    log.debug("%s: %s is not ours alone; its verdict is not used", output, path)
 
 
 def save(output: Path, state_dir: Path | None, record: Record, *, lock_timeout: float, quiet: bool = False) -> None:

@@ -89,7 +89,8 @@ class VerifiedResponse:
 
 def fmt_time(t: dt.datetime) -> str:
     """A time in log lines: ``2026-11-27 10:00 UTC``."""
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    u = t.astimezone(dt.timezone.utc)
+    return f"{u.year:04d}-{u.month:02d}-{u.day:02d} {u.hour:02d}:{u.minute:02d} UTC"  # strftime's, faster
 
 
 def validate(
