@@ -6,6 +6,7 @@ server or the hook does.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -88,14 +89,14 @@ def run_hook(command: str, changed: Sequence[Path], *, timeout: float, what: str
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the hook's process group, KILL_GRACE seconds for its shell to
+    end, then SIGKILL to whatever is left of the group: a member that ignores
+    SIGTERM (or was still starting) must not outlive the shell."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            pass
-        try:
+            return  # the whole group is gone
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=KILL_GRACE)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 

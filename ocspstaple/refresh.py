@@ -223,15 +223,24 @@ def _quick_all(
     run (a fork copies their held locks) or on one CPU.
     """
     n = len(staples)
-    if (n < split_at or n < 2 or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2
-            or threading.active_count() > 1):
+    if n < split_at or n < 2 or not hasattr(os, "fork") or _cpus() < 2 or threading.active_count() > 1:
         return [_quick(st, shared, clock=clock, store=store) for st in staples]
     half = n // 2
     theirs = staples[half:]
     r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
+    for stream in (sys.stdout, sys.stderr):  # nothing buffered may be written twice
+        if stream is not None:  # None: started with the descriptor closed
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    try:
+        pid = os.fork()
+    except OSError as e:  # no process to be had (a limit, memory): all of it here
+        log.debug("cannot fork (%s); looking at every staple in this process", e)
+        os.close(r)
+        os.close(w)
+        return [_quick(st, shared, clock=clock, store=store) for st in staples]
     if pid == 0:  # the child: never returns
         code = 1
         try:
@@ -262,6 +271,14 @@ def _quick_all(
         log.debug("the second process looked at no staples; deciding them here")
         got = [None] * len(theirs)
     return mine + got
+
+
+def _cpus() -> int:
+    """CPUs this process may run on (a systemd CPUAffinity or taskset counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _quick(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) -> Outcome | None:
@@ -468,7 +485,7 @@ def _recalled(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> Out
     except ValidationError:
         return None
     disk = Disk(staple, staple if staple.status is CertStatus.REVOKED else None, "")
-    outcome = _fresh(st, disk, now, shared)
+    outcome = _fresh(st, disk, now, shared, checked.digest)
     if outcome is None:
         return None
     return _must_staple(outcome) if checked.must_staple else outcome
@@ -690,9 +707,10 @@ def _leftovers(store: Store, path: Path) -> bool:
         return True
 
 
-def _fresh(st: Staple, disk: Disk, now: dt.datetime, shared: _Shared) -> Outcome | None:
+def _fresh(st: Staple, disk: Disk, now: dt.datetime, shared: _Shared, digest: str | None = None) -> Outcome | None:
     """The FRESH outcome when the staple on disk is usable and not yet due, or
-    due but the responder asked (max-age) not to be asked again yet; else None."""
+    due but the responder asked (max-age) not to be asked again yet; else None.
+    ``digest``: the staple's checked_digest, when known."""
     if disk.usable is None:
         return None
     due = disk.usable.refresh_due(st.refresh_at)
@@ -704,9 +722,10 @@ def _fresh(st: Staple, disk: Disk, now: dt.datetime, shared: _Shared) -> Outcome
             return None
         return _kept(st, disk.usable, Result.FRESH,
                      f"staple due, but the responder's max-age says not to ask before {fmt_time(hold)}; "
-                     f"staple valid until {fmt_time(disk.usable.expires)}")
+                     f"staple valid until {fmt_time(disk.usable.expires)}", digest)
     about = "" if disk.usable.status is CertStatus.REVOKED else f" ({_describe(disk.usable)})"
-    return _kept(st, disk.usable, Result.FRESH, f"staple still fresh{about}; next refresh after {fmt_time(due)}")
+    return _kept(st, disk.usable, Result.FRESH, f"staple still fresh{about}; next refresh after {fmt_time(due)}",
+                 digest)
 
 
 def _from(url: str, urls: tuple[str, ...], reason: str) -> str:
@@ -744,12 +763,13 @@ def _failed(st: Staple, reason: str, disk: Disk) -> Outcome:
                    message=f"{reason}; no valid staple ({disk.problem})")
 
 
-def _kept(st: Staple, staple: VerifiedResponse, result: Result, message: str) -> Outcome:
+def _kept(st: Staple, staple: VerifiedResponse, result: Result, message: str, digest: str | None = None) -> Outcome:
     fetched = {Result.FRESH: None, Result.UNCHANGED: True, Result.KEPT: False}[result]
     if staple.status is CertStatus.REVOKED:
         result = Result.REVOKED
         message = f"certificate is REVOKED ({_describe(staple)}); " + message
-    return Outcome(name=st.name, output=st.output, result=result, message=message, staple=staple, fetched=fetched)
+    return Outcome(name=st.name, output=st.output, result=result, message=message, staple=staple, fetched=fetched,
+                   digest=digest)
 
 
 def _describe(r: VerifiedResponse) -> str:

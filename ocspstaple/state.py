@@ -196,7 +196,7 @@ def load(output: Path, state_dir: Path | None) -> Record:
         if len(raw) > MAX_RECORD:
             raise ValueError("too large")
         record = Record.from_json(json.loads(raw))
-    except ValueError as e:  # json.JSONDecodeError is a ValueError
+    except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError; deep nesting recurses
         log.warning("%s: ignoring unreadable state record %s (%s)", output, path, e)
         return Record()
     if record.checked is not None and not ours:
@@ -215,7 +215,7 @@ def recall(output: Path, state_dir: Path | None) -> Checked | None:
         if not isinstance(d, dict) or d.get("version") != VERSION or d.get("checked") is None:
             return None
         checked = Checked.from_json(d["checked"])
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None  # load() says why, where it matters
     if not ours:
         _not_ours(output, path)

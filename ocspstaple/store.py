@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -120,18 +122,22 @@ def lock_output(
     """Hold the output's lock file so that concurrent runs take turns on one staple.
 
     ``leftovers`` finds the temp files to remove (default: stale_temp_files,
-    a scan of the directory)."""
-    import filelock  # imported here: start-up time of `ocspstaple --help`
+    a scan of the directory).
 
+    An exclusive flock(2) on ``.NAME.lock``, as filelock takes it on Unix (so
+    the two interoperate), without filelock's per-lock machinery: half a
+    millisecond a lock, twice per staple, was a tenth of a due run's CPU.  A
+    lock is per open file, so threads of one run exclude each other too; it
+    is not reentrant (nothing here takes a lock it holds).  The file stays.
+    """
     lock_file = lock_path(path)
-    lock = filelock.FileLock(str(lock_file), timeout=timeout)
     try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise StoreError(f"another run held {lock_file} for {timeout:g} s; gave up") from None
+        # O_NOFOLLOW: a symlink planted at the lock's name is refused, not followed.
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         raise StoreError(f"cannot create {lock_file}: {e.strerror or e}") from None
     try:
+        _flock(fd, lock_file, timeout)
         # Whoever holds the lock is the only writer, so a temp file found now
         # was left by a run that died (kill -9, power loss) mid-write.
         for stale in (leftovers or stale_temp_files)(path):
@@ -140,7 +146,25 @@ def lock_output(
                 log.info("%s: removed %s left by an interrupted run", path, stale.name)
         yield
     finally:
-        lock.release()
+        os.close(fd)  # releases the lock
+
+
+def _flock(fd: int, lock_file: Path, timeout: float) -> None:
+    """Lock ``fd`` exclusively, polling until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreError(f"another run held {lock_file} for {timeout:g} s; gave up") from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.1)
+        except OSError as e:
+            raise StoreError(f"cannot lock {lock_file}: {e.strerror or e}") from None
 
 
 def resolve_target(path: Path) -> Path:

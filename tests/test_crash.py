@@ -42,7 +42,7 @@ from responder import Reply, Responder
 import ocspstaple
 from ocspstaple.certs import Pair
 from ocspstaple.errors import ValidationError
-from ocspstaple.store import TEMP_SUFFIX
+from ocspstaple.store import TEMP_SUFFIX, lock_output
 from ocspstaple.validate import validate
 
 ITERATIONS = 200
@@ -137,7 +137,6 @@ def warm_up(responder: Responder, directory: Path) -> None:
     import subprocess  # noqa: F401
     import tomllib  # noqa: F401
 
-    import filelock
     import requests
 
     for mod in pkgutil.iter_modules(ocspstaple.__path__):
@@ -146,7 +145,7 @@ def warm_up(responder: Responder, directory: Path) -> None:
     # child must not inherit the parent's state of the transport's thread pool.
     with requests.Session() as s:
         s.get(responder.url, timeout=5).close()
-    with filelock.FileLock(str(directory / "warm-up.lock")):
+    with lock_output(directory / "warm-up", timeout=5):
         pass
 
 

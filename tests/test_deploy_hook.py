@@ -183,6 +183,16 @@ def test_run_hook_stops_the_process_group(tmp_path: Path, pid_file: Path):
         run_hook(f"sleep 60 & echo $! > {shlex.quote(str(pid_file))}; wait", [tmp_path / "x.ocsp"], timeout=0.5)
     assert time.monotonic() - t0 < 0.5 + 3
     assert not alive(wait_for_pid(pid_file))
+    # A member of the group that ignores SIGTERM is killed too, though the shell ended at once.
+    stubborn = tmp_path / "stubborn.pid"
+    with pytest.raises(DeployError, match="did not finish"):
+        run_hook(f"sh -c \"trap '' TERM; echo \\$\\$ > {shlex.quote(str(stubborn))}; while :; do sleep 1; done\" & "
+                 "wait", [tmp_path / "x.ocsp"], timeout=0.5)
+    pid = wait_for_pid(stubborn)
+    end = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert not alive(pid)
     # Twin: a hook that finishes returns quietly, having seen the changed files.
     out = tmp_path / "env.txt"
     run_hook(f'printf "%s" "${CHANGED_VAR}" > {shlex.quote(str(out))}', [tmp_path / "x", tmp_path / "y"],

@@ -25,7 +25,7 @@ UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 N = 6
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or (os.cpu_count() or 1) < 2,
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or refresh._cpus() < 2,
                                 reason="splits only with fork and two CPUs")
 
 
@@ -182,3 +182,26 @@ def test_interrupted_parent_does_not_wait_for_its_child(fleet, tmp_path):
     assert len(children) == 1
     with pytest.raises(ProcessLookupError):  # reaped, not a zombie
         os.kill(children.pop(), 0)
+
+
+def test_no_process_to_be_had_means_one_process_does_it_all(fleet, tmp_path, monkeypatch):
+    staples, memo = fleet
+    clock = PidClock(tmp_path / "pids")
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    outcomes = run(staples, memo, clock)
+    assert [o.result for o in outcomes] == [Result.FRESH] * N
+    assert clock.pids() == {os.getpid()}
+
+
+def test_split_with_stdout_closed(fleet, tmp_path, monkeypatch):
+    """Started with stdout closed (Python's sys.stdout is then None): no crash."""
+    staples, memo = fleet
+    clock = PidClock(tmp_path / "pids")
+    monkeypatch.setattr("sys.stdout", None)
+    outcomes = run(staples, memo, clock)
+    assert [o.result for o in outcomes] == [Result.FRESH] * N
+    assert len(clock.pids()) == 2
