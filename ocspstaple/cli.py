@@ -167,7 +167,7 @@ def _fail_input(e: Exception) -> NoReturn:
 @click.option("--lock-timeout", type=click.FloatRange(0, 3600, min_open=True), default=None,
               help="Seconds to wait for another run holding the output's lock. Default: 60.")
 @click.option("--jobs", type=click.IntRange(1, 256), default=None,
-              help="Certificates refreshed at once. Default: 8. No responder host gets more than 8 requests "
+              help="Certificates refreshed at once. Default: 16. No responder host gets more than 8 requests "
                    "at a time, whatever --jobs says.")
 @click.option("--haproxy-socket", metavar="SOCKET",
               help="HAProxy stats socket (unix path or HOST:PORT) to push each new staple to.")
@@ -273,9 +273,16 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
         return dt.datetime.now(dt.timezone.utc)
 
     started = time.monotonic()
+    records = _Records(staples, run, clock)
+
+    def done(o: Any) -> None:
+        records.save(o)  # now, while other staples wait for their responders
+        if progress is not None:
+            progress(o)
+
     try:
         outcomes = refresh_all(staples, network=network, clock=clock, store=FileStore(), jobs=run.jobs,
-                               on_done=progress, hold=lambda st: state.load(st.output, run.state_dir).retry_after,
+                               on_done=done, hold=lambda st: state.load(st.output, run.state_dir).retry_after,
                                recall=lambda st: state.recall(st.output, run.state_dir))
     except KeyboardInterrupt:
         # Writes are atomic: whatever was interrupted left the staple as it was.
@@ -304,41 +311,65 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
             log.error("%s; the %d changed staple(s) are written: %s", e, len(changed),
                       ", ".join(map(str, changed)))
             code = max(code, EXIT_KEPT)
-    _record(staples, outcomes, run, clock(), code=code, duration_s=time.monotonic() - started)
+    _metrics(outcomes, records, run, clock(), code=code, duration_s=time.monotonic() - started)
     return code
 
 
-def _record(staples: list[Any], outcomes: list[Any], run: Any, now: Any, *, code: int, duration_s: float) -> None:
-    """Save each attempted staple's state record; write the metrics file if asked."""
-    if run.metrics_file is None and all(o.fetched is None for o in outcomes):
-        return  # a run where nothing was due: nothing to save, no pool to start
-    from concurrent.futures import ThreadPoolExecutor
+class _Records:
+    """The state records of one run: each attempted staple's is saved as soon
+    as its outcome is known (from the worker thread that had it), so the
+    saves overlap the other staples' requests rather than follow them all."""
 
-    from ocspstaple import state
-    from ocspstaple.config import Staple
+    def __init__(self, staples: list[Any], run: Any, clock: Any) -> None:
+        from ocspstaple.config import Staple
+
+        self._run, self._clock = run, clock
+        #: (name, output) names one staple; the same twice is the same settings
+        self._staples = {(st.name, st.output): st for st in staples if isinstance(st, Staple)}
+        self._saved: dict[int, Any] = {}
+
+    def save(self, o: Any) -> None:
+        try:
+            self._save(o)
+        except Exception as e:  # a bug here must not stop the run: the staple is what matters
+            logging.getLogger("ocspstaple.cli").warning("%s: cannot save the state record (internal error: %s: %s)",
+                                                        o.name, type(e).__name__, e)
+
+    def _save(self, o: Any) -> None:
+        from ocspstaple import state
+
+        st = self._staples.get((o.name, o.output))
+        if st is None or o.fetched is None:
+            return  # nothing was attempted: a no-op run writes nothing
+        record = state.load(st.output, self._run.state_dir)
+        now = self._clock()
+        record = (record.succeeded(now, o.result.value, o.retry_after, o.checked()) if o.fetched
+                  else record.failed(now, o.result.value, o.error or o.message, o.checked()))
+        state.save(st.output, self._run.state_dir, record, lock_timeout=st.lock_timeout,
+                   quiet=o.result.exit_code > 0)
+        self._saved[id(o)] = record
+
+    def of(self, o: Any) -> Any:
+        """The record as saved this run; else as on disk (for the metrics)."""
+        from ocspstaple import state
+
+        saved = self._saved.get(id(o))
+        if saved is not None:
+            return saved
+        st = self._staples.get((o.name, o.output))
+        return state.load(st.output, self._run.state_dir) if st is not None else state.Record()
+
+
+def _metrics(outcomes: list[Any], records: _Records, run: Any, now: Any, *, code: int, duration_s: float) -> None:
+    """Write the metrics file, if asked for."""
+    if run.metrics_file is None:
+        return
     from ocspstaple.errors import StoreError
-    from ocspstaple.refresh import DEFAULT_JOBS
     from ocspstaple.status import MetricStaple, metrics_text
     from ocspstaple.store import atomic_write
 
-    def record_of(st: Any, o: Any) -> Any:
-        if not isinstance(st, Staple) or (o.fetched is None and run.metrics_file is None):
-            return state.Record()  # nothing to save, nothing to report: a no-op run stays cheap
-        record = state.load(st.output, run.state_dir)
-        if o.fetched is not None:
-            record = (record.succeeded(now, o.result.value, o.retry_after, o.checked()) if o.fetched
-                      else record.failed(now, o.result.value, o.error or o.message, o.checked()))
-            state.save(st.output, run.state_dir, record, lock_timeout=st.lock_timeout,
-                       quiet=o.result.exit_code > 0)
-        return record
-
-    # Each save takes the staple's lock: as many at once as the refreshes were.
-    with ThreadPoolExecutor(max_workers=run.jobs or DEFAULT_JOBS) as pool:
-        records = list(pool.map(record_of, staples, outcomes))
-    metrics = [MetricStaple(name=o.name, output=o.output, staple=o.staple, must_staple=o.must_staple, record=r)
-               for o, r in zip(outcomes, records, strict=True)]
-    if run.metrics_file is None:
-        return
+    metrics = [MetricStaple(name=o.name, output=o.output, staple=o.staple, must_staple=o.must_staple,
+                            record=records.of(o)) for o in outcomes]
     text = metrics_text(metrics, duration_s=duration_s, ended=now, code=code)
     try:
         atomic_write(run.metrics_file, text.encode())
