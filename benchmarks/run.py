@@ -9,9 +9,10 @@ measures, for each N:
   wall time, requests the responder saw, peak concurrency it saw, peak RSS;
   next to the network bound ``ceil(N / c) * latency`` where ``c`` is the
   effective concurrency against the responder: min(jobs, per-host cap);
-* a no-op run over the same N (every staple fresh): wall time, requests (0);
-  and once more with an empty --state-dir (no verdicts to recall: every
-  staple checked in full, as on the first run after an upgrade);
+* a no-op run over the same N (every staple fresh): wall time (the median of
+  5 runs), requests (0); and once more with an empty --state-dir (no
+  verdicts to recall: every staple checked in full, as on the first run
+  after an upgrade);
 * a sequential baseline: a shell loop of ``openssl ocsp`` over the same N
   (for N <= --openssl-max, 1,000 by default);
 * optionally (``--wide``) a due run with ``--jobs 32`` over certificates
@@ -63,6 +64,7 @@ from ocspstaple.refresh import DEFAULT_JOBS  # noqa: E402
 
 UTC = dt.timezone.utc
 PEM = serialization.Encoding.PEM
+NOOP_REPEAT = 5
 
 
 # -- a fast PKI ---------------------------------------------------------------
@@ -276,9 +278,11 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         row["due"] = due
         row["due_vs_bound"] = round(due["wall_s"] / row["bound_s"], 2)
 
+        # Five times, the median: a no-op run is short, and this VM is noisy.
         responder.reset()
-        noop = measure(cmd, env=cli_env())
-        noop.update(requests=responder.requests)
+        noops = [measure(cmd, env=cli_env()) for _ in range(NOOP_REPEAT)]
+        noop = sorted(noops, key=lambda r: r["wall_s"])[len(noops) // 2]
+        noop.update(requests=responder.requests, all_wall_s=[r["wall_s"] for r in noops])
         row["noop"] = noop
 
         # The same, with no verdicts to recall (an empty state directory):

@@ -416,13 +416,10 @@ def checked_digest(st: Staple, inputs: Inputs, staple: bytes) -> str:
     """SHA-256 over everything a staple's time-free checks depend on: the
     certificate and issuer files, the staple, the settings that bear on the
     checks (URLs given, default validity) and CHECKS_VERSION."""
-    h = hashlib.sha256()
     parts = (CHECKS_VERSION, inputs.cert, b"\0" if inputs.issuer is None else b"\1" + inputs.issuer, staple,
              "\n".join(st.urls).encode(), repr(st.default_validity.total_seconds()).encode())
-    for part in parts:
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.hexdigest()
+    # Each part prefixed with its length, so that no bytes can move from one part to the next.
+    return hashlib.sha256(b"".join(len(p).to_bytes(8, "big") + p for p in parts)).hexdigest()
 
 
 class _Flight:
@@ -449,10 +446,12 @@ class _Deduped:
         return self._shared.once((self._settings, "POST", url, body), lambda: self._inner.post(url, body))
 
 
+_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}
+
+
 def report(o: Outcome) -> None:
     """One log line per staple: info when fine, warning when kept, error otherwise."""
-    level = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}[o.result.exit_code]
-    log.log(level, "%s: %s", o.name, o.message)
+    log.log(_LEVELS[_EXIT[o.result]], "%s: %s", o.name, o.message)
 
 
 def refresh_one(st: Staple, *, network: Network, clock: Clock, store: Store) -> Outcome:
@@ -481,7 +480,11 @@ def _recalled(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> Out
         return None  # said in full by the full decision
     if data is None or checked_digest(st, inputs, data) != checked.digest:
         return None
-    staple = replace(checked.response, der=data)
+    r = checked.response
+    staple = VerifiedResponse(  # replace(r, der=data), without its generic machinery
+        der=data, status=r.status, this_update=r.this_update, next_update=r.next_update, produced_at=r.produced_at,
+        expires=r.expires, signer=r.signer, signer_not_before=r.signer_not_before,
+        revocation_time=r.revocation_time, revocation_reason=r.revocation_reason)
     now = clock()
     try:
         check_window(staple, now=now)

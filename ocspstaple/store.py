@@ -91,14 +91,20 @@ def read_file(path: Path, limit: int) -> bytes:
 def read_fd(fd: int, limit: int) -> bytes:
     """Up to ``limit`` bytes from ``fd``, which is closed."""
     try:
-        chunks: list[bytes] = []
-        got = 0
+        # A first small read: os.read allocates what it is asked for, and a
+        # certificate, a staple or a record is a few KiB.
+        want = min(1 << 13, limit)
+        data = os.read(fd, want)
+        if len(data) < want:  # end of file (a regular file reads short only there)
+            return data
+        chunks = [data]
+        got = len(data)
         while got < limit:
             want = min(1 << 16, limit - got)
             chunk = os.read(fd, want)
             chunks.append(chunk)
             got += len(chunk)
-            if len(chunk) < want:  # end of file (a regular file reads short only there)
+            if len(chunk) < want:
                 break
         return b"".join(chunks)
     finally:
