@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -66,6 +67,23 @@ class AnswerNetwork:
 
     def post(self, url: str, body: bytes) -> HttpReply:
         return self._reply()
+
+
+class NoNetwork:
+    """The network edge of a run that must not use it."""
+
+    def __call__(self, timeout: float, proxy: str | None):
+        raise AssertionError("the network was used")
+
+
+class FixedClock:
+    """The clock of the core: ``now``, until a test moves it."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
 
 
 def run_on_tty(*args: str | Path, stream: str, env: dict[str, str]) -> tuple[int, str]:

@@ -83,6 +83,9 @@ class Responder:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # TCP_NODELAY, as real responders: with Nagle and delayed ACKs every
+            # answer on a reused connection waited 40 ms.
+            disable_nagle_algorithm = True
 
             def log_message(self, *a) -> None:  # keep pytest output clean
                 pass

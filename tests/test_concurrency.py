@@ -15,6 +15,7 @@ from pathlib import Path
 
 import filelock
 import pytest
+from conftest import NoNetwork
 from pki import CA, DAY, HOUR, Issued, unsuccessful, write_pem
 from responder import Reply, Responder
 
@@ -48,11 +49,6 @@ class Network:
     def close(self) -> None:
         for t in self.made:
             t.close()
-
-
-class NoNetwork:
-    def __call__(self, timeout: float, proxy: str | None):
-        raise AssertionError("the network was used")
 
 
 class Fleet:

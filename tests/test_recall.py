@@ -21,7 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import Run, Site, assert_silent_success, run_cli
+from conftest import AnswerNetwork as Network
+from conftest import FixedClock as Clock
+from conftest import NoNetwork, Run, Site, assert_silent_success, run_cli
 from pki import CA, DAY, HOUR, Issued, write_pem
 from responder import Responder
 
@@ -30,7 +32,6 @@ import ocspstaple.validate
 from ocspstaple import refresh, state
 from ocspstaple.config import Staple
 from ocspstaple.errors import FetchError, ValidationError
-from ocspstaple.fetch import HttpReply
 from ocspstaple.refresh import Inputs, Outcome, Result, checked_digest, exit_code, refresh_all
 from ocspstaple.state import Checked, Record
 from ocspstaple.store import TEMP_SUFFIX, FileStore
@@ -46,42 +47,6 @@ EXPIRES = T0 - HOUR + 4 * DAY
 
 
 # -- the edges -----------------------------------------------------------------
-
-class Network:
-    """Serves ``answer`` (a body, or an exception to raise) to every request; counts them."""
-
-    def __init__(self, answer: bytes | Exception) -> None:
-        self.answer = answer
-        self.asked = 0
-
-    def __call__(self, timeout: float, proxy: str | None) -> "Network":
-        return self
-
-    def _reply(self) -> HttpReply:
-        self.asked += 1
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return HttpReply(200, self.answer)
-
-    def get(self, url: str) -> HttpReply:
-        return self._reply()
-
-    def post(self, url: str, body: bytes) -> HttpReply:
-        return self._reply()
-
-
-class NoNetwork:
-    def __call__(self, timeout: float, proxy: str | None):
-        raise AssertionError("the network was used")
-
-
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
 
 class Memo:
     """The state records' verdicts, kept in a dict: ``memo(st)`` is the recall."""
@@ -238,7 +203,7 @@ def test_without_a_usable_verdict_the_staple_is_checked_in_full(st, core_ca, lea
         newer = respond(core_ca, leaf, T0)
         net = Network(newer)
         o = run([replace(st, force=True)], net, T0 + HOUR, memo)[0]
-        assert o.result is Result.WRITTEN and net.asked == 1 and st.output.read_bytes() == newer
+        assert o.result is Result.WRITTEN and net.requests == 1 and st.output.read_bytes() == newer
     if recall != "force":
         assert o.result is Result.FRESH and o.staple.der == body
     assert checks["verify"] >= 1 and checks["issued_by"] == 1
@@ -264,7 +229,7 @@ def test_one_flipped_staple_byte_misses_the_verdict(st, core_ca, leaf, verified,
     net = Network(newer)
     [o] = run([st], net, T0 + HOUR, memo)
     assert o.result is Result.WRITTEN, o.message
-    assert net.asked == 1 and checks["verify"] >= 2  # the one on disk, and the fetched one
+    assert net.requests == 1 and checks["verify"] >= 2  # the one on disk, and the fetched one
     assert st.output.read_bytes() == newer
 
 
@@ -291,7 +256,7 @@ def test_another_leaf_in_the_cert_file_misses_the_verdict(st, core_ca, verified,
     new_body = respond(core_ca, renewed, T0)
     net = Network(new_body)
     [o] = run([st], net, T0 + HOUR, memo)
-    assert o.result is Result.WRITTEN and net.asked == 1, o.message
+    assert o.result is Result.WRITTEN and net.requests == 1, o.message
     assert st.output.read_bytes() == new_body
     assert checks["verify"] >= 2 and checks["issued_by"] == 1
 
@@ -392,7 +357,7 @@ def test_recalled_staple_past_its_refresh_point_is_refreshed(st, core_ca, leaf, 
     newer = respond(core_ca, leaf, DUE)
     net = Network(newer)
     [o] = run([st], net, DUE + dt.timedelta(minutes=1), memo)
-    assert o.result is Result.WRITTEN and net.asked == 1, o.message
+    assert o.result is Result.WRITTEN and net.requests == 1, o.message
     assert st.output.read_bytes() == newer
 
 
@@ -413,7 +378,7 @@ def test_recalled_staple_out_of_its_window_is_not_fresh(st, verified, checks, no
     net = Network(FetchError("cannot reach responder"))
     [o] = run([st], net, now, memo)
     assert o.result is Result.MISSING and o.result.exit_code == 2, o.message
-    assert net.asked >= 1 and checks["verify"] >= 1
+    assert net.requests >= 1 and checks["verify"] >= 1
     assert st.output.read_bytes() == body  # kept on disk, but not called usable
 
 

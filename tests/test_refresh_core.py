@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import FixedClock as Clock
+from conftest import NoNetwork
 from pki import CA, DAY, HOUR, unsuccessful, write_pem
 
 from ocspstaple.config import BadEntry, Staple
@@ -46,19 +48,6 @@ class Network:
 
     def post(self, url: str, body: bytes) -> HttpReply:
         return self._next(url)
-
-
-class NoNetwork:
-    def __call__(self, timeout: float, proxy: str | None):
-        raise AssertionError("the network was used")
-
-
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 class FailingWrites(FileStore):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import NoNetwork
 from pki import CA, DAY, HOUR, write_pem
 
 from ocspstaple import refresh
@@ -27,11 +28,6 @@ N = 6
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or refresh._cpus() < 2,
                                 reason="splits only with fork and two CPUs")
-
-
-class NoNetwork:
-    def __call__(self, timeout: float, proxy: str | None):
-        raise AssertionError("the network was used")
 
 
 class PidClock:
