@@ -345,8 +345,8 @@ class _Records:
         from ocspstaple import state
 
         st = self._staples.get((o.name, o.output))
-        if st is None or o.fetched is None:
-            return  # nothing was attempted: a no-op run writes nothing
+        if st is None:
+            return
         record = state.load(st.output, self._run.state_dir)
         now = self._clock()
         record = (record.succeeded(now, o.result.value, o.retry_after, o.checked()) if o.fetched

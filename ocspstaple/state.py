@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ocspstaple.errors import StoreError
-from ocspstaple.store import atomic_write, lock_output, read_fd, resolve_target
+from ocspstaple.store import atomic_write, lock_output, read_fd, resolve_target, target_file
 from ocspstaple.validate import CertStatus, VerifiedResponse
 
 log = logging.getLogger(__name__)
@@ -173,10 +173,7 @@ def state_path(output: Path, state_dir: Path | None) -> Path:
 def _state_file(output: Path, state_dir: Path | None) -> str:
     # In strings, not Paths: recall() runs for every staple of a no-op run.
     if state_dir is None:
-        target = os.fspath(output)
-        if os.path.islink(target):
-            target = os.path.realpath(target)
-        head, name = os.path.split(target)
+        head, name = os.path.split(target_file(output))
         return os.path.join(head, f".{name}.state.json")
     key = hashlib.sha256(str(output.absolute()).encode()).hexdigest()[:16]
     return os.path.join(state_dir, f"{output.name}.{key}.json")

@@ -181,6 +181,12 @@ def resolve_target(path: Path) -> Path:
     return path
 
 
+def target_file(path: Path) -> str:
+    """resolve_target as a string: cheaper where every staple of a run asks."""
+    p = os.fspath(path)
+    return os.path.realpath(p) if os.path.islink(p) else p
+
+
 def atomic_write(path: Path, data: bytes, *, temp_prefix: str | None = None, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
 
@@ -275,11 +281,7 @@ class _TempListing:
         self._names: dict[str, list[str]] = {}
 
     def leftovers(self, path: Path) -> list[Path]:
-        # In strings, not Paths: this runs for every staple of a no-op run.
-        target = os.fspath(path)
-        if os.path.islink(target):
-            target = os.path.realpath(target)
-        directory, name = os.path.split(target)
+        directory, name = os.path.split(target_file(path))
         with self._lock:
             names = self._names.get(directory)
             if names is None:
