@@ -191,21 +191,24 @@ class Responder:
             self.requests += 1
             self.active += 1
             self.max_active = max(self.max_active, self.active)
+        # In flight from arrival until the answer is about to be sent (as in
+        # tests/responder.py: once it is out, the client's next request may
+        # arrive before this thread is back from writing).
         try:
             time.sleep(self.latency)
-            try:
-                body = self.responses[ocsp.load_der_ocsp_request(der).serial_number]
-                status = 200
-            except (ValueError, KeyError):
-                body, status = b"\x30\x03\x0a\x01\x06", 200  # unauthorized
-            h.send_response(status)
-            h.send_header("Content-Type", "application/ocsp-response")
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            h.wfile.write(body)
         finally:
             with self.lock:
                 self.active -= 1
+        try:
+            body = self.responses[ocsp.load_der_ocsp_request(der).serial_number]
+            status = 200
+        except (ValueError, KeyError):
+            body, status = b"\x30\x03\x0a\x01\x06", 200  # unauthorized
+        h.send_response(status)
+        h.send_header("Content-Type", "application/ocsp-response")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
 
     def close(self) -> None:
         for s in self.servers:

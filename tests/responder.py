@@ -127,15 +127,20 @@ class Responder:
             self.seen.append(Seen(method, h.path, serials))
             self.active += 1
             self.max_active = max(self.max_active, self.active)
+        # ``active`` counts a request from its arrival until its answer is about
+        # to be sent: once the answer is out, the client may send its next one
+        # before this thread is back from writing, and counting to the end of
+        # the write would then see one more than the client ever had in flight.
         try:
-            self._answer(h, self.reply_for(req))
+            r = self.reply_for(req)
+            if r.delay:
+                time.sleep(r.delay)
         finally:
             with self._lock:
                 self.active -= 1
+        self._answer(h, r)
 
     def _answer(self, h: BaseHTTPRequestHandler, r: Reply) -> None:
-        if r.delay:
-            time.sleep(r.delay)
         if r.close:
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
