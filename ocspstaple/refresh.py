@@ -225,9 +225,12 @@ def _quick_all(
     that fails, is simply decided in full here.  No fork while other threads
     run (a fork copies their held locks) or on one CPU.
     """
+    def look(part: Sequence[Staple | BadEntry]) -> list[Outcome | None]:
+        return [_quick(st, shared, clock=clock, store=store) for st in part]
+
     n = len(staples)
     if n < split_at or n < 2 or not hasattr(os, "fork") or _cpus() < 2 or threading.active_count() > 1:
-        return [_quick(st, shared, clock=clock, store=store) for st in staples]
+        return look(staples)
     half = n // 2
     theirs = staples[half:]
     r, w = os.pipe()
@@ -243,13 +246,13 @@ def _quick_all(
         log.debug("cannot fork (%s); looking at every staple in this process", e)
         os.close(r)
         os.close(w)
-        return [_quick(st, shared, clock=clock, store=store) for st in staples]
+        return look(staples)
     if pid == 0:  # the child: never returns
         code = 1
         try:
             os.close(r)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            data = pickle.dumps([_quick(st, shared, clock=clock, store=store) for st in theirs],
+            data = pickle.dumps(look(theirs),
                                 protocol=pickle.HIGHEST_PROTOCOL)
             with os.fdopen(w, "wb") as f:
                 f.write(data)
@@ -258,9 +261,9 @@ def _quick_all(
             os._exit(code)
     os.close(w)
     try:
-        with os.fdopen(r, "rb") as f:
-            mine = [_quick(st, shared, clock=clock, store=store) for st in staples[:half]]
-            data = f.read()
+        with os.fdopen(r, "rb") as pipe:
+            mine = look(staples[:half])
+            data = pipe.read()
     except BaseException:  # Ctrl-C: the child must not outlive us
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
