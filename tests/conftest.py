@@ -4,6 +4,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pki import CA, Issued, write_pem  # noqa: E402
 from responder import Responder  # noqa: E402
 
+import ocspstaple.certs  # noqa: E402
+import ocspstaple.validate  # noqa: E402
+from ocspstaple import refresh  # noqa: E402
 from ocspstaple.fetch import HttpReply  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +161,42 @@ def site(tmp_path: Path, ca: CA, responder: Responder) -> Site:
     cert = write_pem(tmp_path / "fullchain.pem", leaf, ca.cert)
     issuer = write_pem(tmp_path / "issuer.pem", ca.cert)
     return Site(leaf=leaf, cert=cert, issuer=issuer, output=tmp_path / "fullchain.pem.ocsp")
+
+
+class Checks:
+    """How often the real signature checks ran: ``checks["verify"]`` for OCSP
+    responses (refresh.verify for the staple on disk, validate.verify behind
+    validate() for a fetched one; ``verified`` lists their bytes), and
+    ``checks["issued_by"]`` for the certificate's signature."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.verified: list[bytes] = []
+
+    def __getitem__(self, key: str) -> int:
+        return self.counts[key]
+
+    def clear(self) -> None:
+        self.counts.clear()
+        self.verified.clear()
+
+
+@pytest.fixture
+def checks(monkeypatch) -> Checks:
+    seen = Checks()
+
+    def spy(module, name: str, key: str) -> None:
+        real = getattr(module, name)
+
+        def counting(*args, **kwargs):
+            seen.counts[key] += 1
+            if key == "verify":
+                seen.verified.append(args[0])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+
+    spy(refresh, "verify", "verify")
+    spy(ocspstaple.validate, "verify", "verify")
+    spy(ocspstaple.certs, "check_issued_by", "issued_by")
+    return seen

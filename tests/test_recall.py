@@ -16,14 +16,13 @@ import json
 import os
 import re
 import threading
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import AnswerNetwork as Network
+from conftest import Checks, NoNetwork, Run, Site, assert_silent_success, run_cli
 from conftest import FixedClock as Clock
-from conftest import NoNetwork, Run, Site, assert_silent_success, run_cli
 from pki import CA, DAY, HOUR, Issued, write_pem
 from responder import Responder
 
@@ -62,45 +61,6 @@ class Memo:
             c = o.checked()
             if c is not None and o.output is not None:
                 self.verdicts[o.output] = c
-
-
-class Checks:
-    """How often the real signature checks ran: ``checks["verify"]`` for OCSP
-    responses (refresh.verify for the staple on disk, validate.verify behind
-    validate() for a fetched one; ``verified`` lists their bytes), and
-    ``checks["issued_by"]`` for the certificate's signature."""
-
-    def __init__(self) -> None:
-        self.counts: Counter = Counter()
-        self.verified: list[bytes] = []
-
-    def __getitem__(self, key: str) -> int:
-        return self.counts[key]
-
-    def clear(self) -> None:
-        self.counts.clear()
-        self.verified.clear()
-
-
-@pytest.fixture
-def checks(monkeypatch) -> Checks:
-    seen = Checks()
-
-    def spy(module, name: str, key: str) -> None:
-        real = getattr(module, name)
-
-        def counting(*args, **kwargs):
-            seen.counts[key] += 1
-            if key == "verify":
-                seen.verified.append(args[0])
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(module, name, counting)
-
-    spy(refresh, "verify", "verify")
-    spy(ocspstaple.validate, "verify", "verify")
-    spy(ocspstaple.certs, "check_issued_by", "issued_by")
-    return seen
 
 
 # -- the site: a certificate, its issuer and a staple, on disk -------------------
