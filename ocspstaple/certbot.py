@@ -75,8 +75,11 @@ def _lineage(d: Path, *, output_dir: Path, options: Options, force: bool) -> Sta
                                                 "browsers will refuse it without a staple")
         log.info("%s: skipped: the certificate names no OCSP responder (its CA may have ended OCSP)", d)
         return None
-    st = staple_from_options(cert=cert, issuer=issuer, output=output_dir / f"{d.name}.der", url=None,
-                             options=options, force=force)
+    try:
+        st = staple_from_options(cert=cert, issuer=issuer, output=output_dir / f"{d.name}.der", url=None,
+                                 options=options, force=force)
+    except InputError as e:  # a lineage name that makes no usable output name
+        return BadEntry(name=repr(str(d))[1:-1], reason=str(e))  # its newline escaped: one log line
     return replace(st, name=str(d))
 
 

@@ -69,12 +69,14 @@ def _staple_inputs(*, with_url: bool) -> Callable[[F], F]:
         click.option("--issuer", type=click.Path(path_type=Path, dir_okay=False),
                      help="Issuer certificate (PEM). Default: the certificate in CERT that signed it."),
         click.option("--output", type=click.Path(path_type=Path),
-                     help="Stapling file (DER). Default: CERT.ocsp."),
+                     help="Stapling file (DER). Default: CERT.ocsp. Its directory must be writable by no user "
+                          "but root (or you); a symlink to it is followed only if root (or you) made it."),
         click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
                      help="TOML file listing many certificates (instead of --cert)."),
         click.option("--scan", "scan_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
                      help="Directory of combined PEMs (HAProxy): each *.pem with its issuer inside gets "
-                          "*.pem.ocsp. Repeatable."),
+                          "*.pem.ocsp. Only files owned by root (or you), in a directory no other user can "
+                          "write. Repeatable."),
         click.option("--certbot-dir", type=click.Path(path_type=Path, file_okay=False), is_flag=False,
                      flag_value="/etc/letsencrypt", default=None, metavar="[DIR]",
                      help="certbot's config directory: every lineage in DIR/live is a staple, written to "
@@ -215,7 +217,7 @@ def refresh(
     _setup_logging(verbose, quiet)
 
     from ocspstaple.certbot import renewed_lineage
-    from ocspstaple.config import Options, RunSettings, shared_outputs
+    from ocspstaple.config import Options, RunSettings, check_files
     from ocspstaple.errors import InputError
 
     try:
@@ -228,8 +230,10 @@ def refresh(
     run = RunSettings(deploy_hook=deploy_hook, hook_timeout=hook_timeout, jobs=jobs, state_dir=state_dir,
                       metrics_file=metrics_file, nginx_test=nginx_test).over(from_file)
     log = logging.getLogger("ocspstaple.cli")
-    for warning in shared_outputs(staples):
-        log.warning("%s", warning)
+    try:
+        staples = check_files(staples, config=inputs["config_path"], metrics_file=run.metrics_file)
+    except InputError as e:
+        _fail_input(e)
     if run.nginx_test and not run.deploy_hook:
         log.warning("--nginx-test is set but there is no deploy hook to guard; it is not run")
     # The config's objects live until exit: the cyclic garbage collector need
@@ -277,7 +281,9 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
         return dt.datetime.now(dt.timezone.utc)
 
     started = time.monotonic()
-    records = _Records(staples, run, clock)
+    store = FileStore()
+    dirs = store.dirs  # each directory reached and checked once per run
+    records = _Records(staples, run, clock, dirs)
 
     def done(o: Any) -> None:
         records.save(o)  # now, while other staples wait for their responders
@@ -285,9 +291,9 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
             progress(o)
 
     try:
-        outcomes = refresh_all(staples, network=network, clock=clock, store=FileStore(), jobs=run.jobs,
-                               on_done=done, hold=lambda st: state.load(st.output, run.state_dir).retry_after,
-                               recall=lambda st: state.recall(st.output, run.state_dir))
+        outcomes = refresh_all(staples, network=network, clock=clock, store=store, jobs=run.jobs, on_done=done,
+                               hold=lambda st: state.load(st.output, run.state_dir, dirs=dirs).retry_after,
+                               recall=lambda st: state.recall(st.output, run.state_dir, dirs=dirs))
     except KeyboardInterrupt:
         # Writes are atomic: whatever was interrupted left the staple as it was.
         log.error("interrupted; staples not yet refreshed are left as they were")
@@ -316,6 +322,7 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
                       ", ".join(map(str, changed)))
             code = max(code, EXIT_KEPT)
     _metrics(outcomes, records, run, clock(), code=code, duration_s=time.monotonic() - started)
+    store.close()
     return code
 
 
@@ -324,10 +331,10 @@ class _Records:
     as its outcome is known (from the worker thread that had it), so the
     saves overlap the other staples' requests rather than follow them all."""
 
-    def __init__(self, staples: list[Any], run: Any, clock: Any) -> None:
+    def __init__(self, staples: list[Any], run: Any, clock: Any, dirs: Any) -> None:
         from ocspstaple.config import Staple
 
-        self._run, self._clock = run, clock
+        self._run, self._clock, self._dirs = run, clock, dirs
         #: (name, output) names one staple; the same twice is the same settings
         self._staples = {(st.name, st.output): st for st in staples if isinstance(st, Staple)}
         self._saved: dict[int, Any] = {}
@@ -347,12 +354,12 @@ class _Records:
         st = self._staples.get((o.name, o.output))
         if st is None:
             return
-        record = state.load(st.output, self._run.state_dir)
+        record = state.load(st.output, self._run.state_dir, dirs=self._dirs)
         now = self._clock()
         record = (record.succeeded(now, o.result.value, o.retry_after, o.checked()) if o.fetched
                   else record.failed(now, o.result.value, o.error or o.message, o.checked()))
         state.save(st.output, self._run.state_dir, record, lock_timeout=st.lock_timeout,
-                   quiet=o.result.exit_code > 0)
+                   quiet=o.result.exit_code > 0, dirs=self._dirs)
         self._saved[id(o)] = record
 
     def of(self, o: Any) -> Any:
@@ -363,7 +370,7 @@ class _Records:
         if saved is not None:
             return saved
         st = self._staples.get((o.name, o.output))
-        return state.load(st.output, self._run.state_dir) if st is not None else state.Record()
+        return state.load(st.output, self._run.state_dir, dirs=self._dirs) if st is not None else state.Record()
 
 
 def _metrics(outcomes: list[Any], records: _Records, run: Any, now: Any, *, code: int, duration_s: float) -> None:
@@ -425,7 +432,8 @@ def serve(listen: str, default_validity: str | None, verbose: int, quiet: bool, 
         return dt.datetime.now(dt.timezone.utc)
 
     try:
-        server = make_server(listen, good, store=FileStore(), clock=clock)
+        # No directory kept open: serve runs for months while directories may change.
+        server = make_server(listen, good, store=FileStore(cache=False), clock=clock)
     except InputError as e:
         _fail_input(e)
     except OSError as e:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 from ocspstaple.errors import ConfigError, InputError
+from ocspstaple.store import read_file
 from ocspstaple.urls import check_url
 
 DEFAULT_TIMEOUT = 10.0
@@ -115,8 +116,8 @@ def staple_from_options(
 ) -> Staple:
     """The single staple of ``refresh --cert ...``."""
     _check_cli(options)
-    base = Staple(name=str(cert), cert=cert, issuer=issuer,
-                  output=output if output is not None else Path(str(cert) + ".ocsp"),
+    out = check_output_name(output if output is not None else Path(str(cert) + ".ocsp"), str(cert))
+    base = Staple(name=str(cert), cert=cert, issuer=issuer, output=out,
                   urls=(url,) if url else (), force=force)
     return _with_options(base, options)
 
@@ -225,8 +226,7 @@ def read_config(path: Path, *, cli: Options, force: bool) -> Config:
     table becomes a BadEntry so that the others still run."""
     _check_cli(cli)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+        raw = read_file(path, MAX_CONFIG_BYTES + 1)  # a regular file, opened without blocking
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
     if len(raw) > MAX_CONFIG_BYTES:
@@ -307,6 +307,7 @@ def _staple(
     cert = root / _str(table["cert"], f"{where} cert")
     issuer = root / _str(table["issuer"], f"{where} issuer") if "issuer" in table else None
     output = root / _str(table["output"], f"{where} output") if "output" in table else Path(str(cert) + ".ocsp")
+    check_output_name(output, f"{where} output")
     url = table.get("url", [])
     urls = [url] if isinstance(url, str) else url
     if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
@@ -317,36 +318,87 @@ def _staple(
 
 
 
-def shared_outputs(staples: Sequence[Staple | BadEntry]) -> list[str]:
-    """A warning for each output file that several certificates are written to:
-    every run would replace one certificate's staple with another's.
+def check_files(staples: Sequence[Staple | BadEntry], *, config: Path | None = None,
+                metrics_file: Path | None = None) -> list[Staple | BadEntry]:
+    """No input is ever an output (spec, "Trust on the local disk"): each
+    staple whose output is the same file as a certificate or issuer (of any
+    staple), the config file, or the output of another certificate, becomes
+    a BadEntry, before anything is written; a metrics file that is any of
+    those files is an InputError for the whole run.
 
-    Files are compared where their links lead; they are named as configured.
+    "The same file" is the same device and inode (a symlink or a hard link
+    to the certificate is the certificate), or, for files not there yet, the
+    same path once the directories' links are resolved.  The same
+    certificate configured twice with one output is one staple, not a clash.
     """
-    by_output: dict[str, dict[str, str]] = {}
-    dirs: dict[str, str] = {}
-    cwd = os.getcwd()
-
-    def real(path: Path) -> str:
-        # realpath() walks every component of every path; thousands of
-        # staples share a few directories, so resolve each directory once.
-        p = os.path.normpath(os.path.join(cwd, path))  # abspath(), without a getcwd() per path
-        if os.path.islink(p):
-            return os.path.realpath(p)
-        head, tail = os.path.split(p)
-        if head not in dirs:
-            dirs[head] = os.path.realpath(head)
-        return os.path.join(dirs[head], tail)
-
-    by_path: dict[str, list[Staple]] = {}
+    ids = _FileIds()
+    taken: dict[tuple[object, ...], str] = {}
     for st in staples:
         if isinstance(st, Staple):
-            by_path.setdefault(real(st.output), []).append(st)
-    for out, sts in by_path.items():
-        if len(sts) > 1:
-            certs = by_output[out] = {}
-            for st in sts:
-                certs.setdefault(real(st.cert), str(st.cert))
-    return [f"{out}: written for {len(certs)} certificates ({', '.join(certs.values())}); each run would "
-            "replace one's staple with another's: give each its own output"
-            for out, certs in by_output.items() if len(certs) > 1]
+            taken.setdefault(ids.of(st.cert), f"the certificate {st.cert}")
+            if st.issuer is not None:
+                taken.setdefault(ids.of(st.issuer), f"the issuer {st.issuer}")
+    if config is not None:
+        taken.setdefault(ids.of(config), f"the config file {config}")
+    writers: dict[tuple[object, ...], dict[tuple[object, ...], str]] = {}
+    for st in staples:
+        if isinstance(st, Staple):
+            writers.setdefault(ids.of(st.output), {}).setdefault(ids.of(st.cert), str(st.cert))
+    if metrics_file is not None:
+        key = ids.of(metrics_file)
+        clash = taken.get(key) or (f"the output of {', '.join(writers[key].values())}" if key in writers else None)
+        if clash is not None:
+            raise InputError(f"the metrics file {metrics_file} is the same file as {clash}: writing it would "
+                             "destroy that; give another metrics file")
+    out: list[Staple | BadEntry] = []
+    for st in staples:
+        if isinstance(st, BadEntry):
+            out.append(st)
+            continue
+        key = ids.of(st.output)
+        clash = taken.get(key)
+        others = [c for k, c in writers[key].items() if k != ids.of(st.cert)]
+        if clash is not None:
+            out.append(BadEntry(name=st.name, reason=f"output {st.output} is the same file as {clash}: writing "
+                                                     "the staple would destroy it; give another output"))
+        elif others:
+            out.append(BadEntry(name=st.name, reason=f"output {st.output} is also the output of {', '.join(others)}: "
+                                                     "each run would replace one certificate's staple with "
+                                                     "another's; give each its own output"))
+        else:
+            out.append(st)
+    return out
+
+
+class _FileIds:
+    """What makes two paths the same file, each path looked up once."""
+
+    def __init__(self) -> None:
+        self._ids: dict[Path, tuple[object, ...]] = {}
+        self._dirs: dict[str, str] = {}
+        self._cwd = os.getcwd()
+
+    def of(self, path: Path) -> tuple[object, ...]:
+        got = self._ids.get(path)
+        if got is None:
+            try:
+                st = os.stat(path)
+                got = ("file", st.st_dev, st.st_ino)
+            except OSError:  # not there (yet): its path, the directory's links resolved once
+                head, tail = os.path.split(os.path.normpath(os.path.join(self._cwd, path)))
+                if head not in self._dirs:
+                    self._dirs[head] = os.path.realpath(head)
+                got = ("path", os.path.join(self._dirs[head], tail))
+            self._ids[path] = got
+        return got
+
+
+def check_output_name(output: Path, where: str) -> Path:
+    """An output path without control characters: a deploy hook gets the
+    changed staples one path a line ($OCSPSTAPLE_CHANGED), and a newline in
+    a name (a certbot lineage may have one) would make two entries of one."""
+    text = str(output)
+    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise InputError(f"{repr(where)[1:-1]}: the output {text!r} holds a control character (a newline?): "
+                         "$OCSPSTAPLE_CHANGED lists one path a line; give an output without one")
+    return output

@@ -39,5 +39,11 @@ class StoreError(OcspstapleError):
     """The staple could not be read, locked or written."""
 
 
+class TrustError(StoreError):
+    """A path another local user could have planted or can write: a directory
+    writable by others, a symlink they own, a file of theirs (spec, "Trust on
+    the local disk").  The staple is refused, not just this attempt (exit 2)."""
+
+
 class DeployError(OcspstapleError):
     """A written staple could not be handed to the server (push or hook, exit 1)."""

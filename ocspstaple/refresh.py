@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ocspstaple.certs import Pair, build_request, must_staple, ocsp_urls, pair_of, parse_pem, read_pem_bytes
 from ocspstaple.config import BadEntry, Staple
-from ocspstaple.errors import FetchError, InputError, StaleError, StoreError, ValidationError
+from ocspstaple.errors import FetchError, InputError, StaleError, StoreError, TrustError, ValidationError
 from ocspstaple.fetch import Fetched, HttpReply, Transport, fetch
 from ocspstaple.state import Checked
 from ocspstaple.store import Store
@@ -306,6 +306,9 @@ def _one(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) 
         return Outcome(name=st.name, output=None, result=Result.BAD_INPUT, message=st.reason)
     try:
         return _refresh_one(st, shared, clock=clock, store=store)
+    except TrustError as e:
+        # Nothing is fetched for a staple that could not be written safely.
+        return Outcome(name=st.name, output=st.output, result=Result.BAD_INPUT, message=str(e))
     except Exception as e:  # a bug must not stop the other staples
         log.debug("%s: internal error", st.name, exc_info=True)
         return Outcome(name=st.name, output=st.output, result=Result.BAD_INPUT,
@@ -553,8 +556,12 @@ def _urls(st: Staple, pair: Pair) -> tuple[str, ...]:
 
 
 def inspect_disk(store: Store, st: Staple, pair: Pair, now: dt.datetime) -> Disk:
+    """What the staple file holds; TrustError when it is refused outright (a
+    directory or a symlink another user controls)."""
     try:
         data = store.read(st.output)
+    except TrustError:
+        raise
     except StoreError as e:
         return Disk(None, None, str(e))
     if data is None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ocspstaple.errors import StoreError
-from ocspstaple.store import atomic_write, lock_output, read_fd, resolve_target, target_file
+from ocspstaple.store import Dirs, atomic_write, lock_output, read_owned, target_file
 from ocspstaple.validate import CertStatus, VerifiedResponse
 
 log = logging.getLogger(__name__)
@@ -179,65 +179,63 @@ def _state_file(output: Path, state_dir: Path | None) -> str:
     return os.path.join(state_dir, f"{output.name}.{key}.json")
 
 
-def load(output: Path, state_dir: Path | None) -> Record:
-    """The record of ``output``; an empty one if there is none or it is unreadable."""
+def load(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None) -> Record:
+    """The record of ``output``; an empty one if there is none, it is
+    unreadable, or it is not ours alone (see _read): every field of a record,
+    the verdict, the retry hold and the counters alike, comes only from a
+    record that no one else could have written."""
     path = state_path(output, state_dir)
     try:
-        raw, ours = _read(path)
+        raw, ours = _read(path, dirs)
     except FileNotFoundError:
         return Record()
-    except OSError as e:
+    except (OSError, StoreError) as e:
         log.debug("%s: cannot read %s: %s", output, path, e)
+        return Record()
+    if not ours:
+        _not_ours(output, path)
         return Record()
     try:
         if len(raw) > MAX_RECORD:
             raise ValueError("too large")
-        record = Record.from_json(json.loads(raw))
+        return Record.from_json(json.loads(raw))
     except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError; deep nesting recurses
         log.warning("%s: ignoring unreadable state record %s (%s)", output, path, e)
         return Record()
-    if record.checked is not None and not ours:
-        _not_ours(output, path)
-        record = replace(record, checked=None)
-    return record
 
 
-def recall(output: Path, state_dir: Path | None) -> Checked | None:
+def recall(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None) -> Checked | None:
     """Only the verdict of ``output``'s record (load() reads it all): None
     when there is none, or the record is unreadable or not ours alone."""
     path = _state_file(output, state_dir)
     try:
-        raw, ours = _read(path)
+        raw, ours = _read(path, dirs)
+        if not ours:
+            _not_ours(output, path)
+            return None
         d = json.loads(raw) if len(raw) <= MAX_RECORD else None
         if not isinstance(d, dict) or d.get("version") != VERSION or d.get("checked") is None:
             return None
-        checked = Checked.from_json(d["checked"])
-    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return Checked.from_json(d["checked"])
+    except (OSError, StoreError, ValueError, TypeError, KeyError, RecursionError):
         return None  # load() says why, where it matters
-    if not ours:
-        _not_ours(output, path)
-        return None
-    return checked
 
 
-def _read(path: Path | str) -> tuple[bytes, bool]:
-    """A record's bytes, and whether only this user could have written it."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        raise
-    ours = info.st_uid == os.geteuid() and not info.st_mode & 0o022
-    return read_fd(fd, MAX_RECORD + 1), ours
+def _read(path: Path | str, dirs: Dirs | None) -> tuple[bytes, bool]:
+    """A record's bytes, and whether only this user could have written it:
+    a regular file reached without a symlink (store.read_owned), owned by
+    us and writable by no one else."""
+    raw, info = read_owned(path, MAX_RECORD + 1, follow=False, dirs=dirs)
+    return raw, info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
 def _not_ours(output: Path, path: Path | str) -> None:
     # Someone else could have written this verdict: the staple is checked in full.
-    log.debug("%s: %s is not ours alone; its verdict is not used", output, path)
+    log.debug("%s: %s is not ours alone; nothing in it is used", output, path)
 
 
-def save(output: Path, state_dir: Path | None, record: Record, *, lock_timeout: float, quiet: bool = False) -> None:
+def save(output: Path, state_dir: Path | None, record: Record, *, lock_timeout: float, quiet: bool = False,
+         dirs: Dirs | None = None) -> None:
     """Write the record atomically, under the output's lock; a failure is a
     warning (info when ``quiet``: the staple's own error already said why),
     never a lost staple.
@@ -252,11 +250,12 @@ def save(output: Path, state_dir: Path | None, record: Record, *, lock_timeout: 
     try:
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
-        with lock_output(output, timeout=lock_timeout, leftovers=_none):
-            prefix = f".{resolve_target(output).name}.state." if state_dir is None else None
+        with lock_output(output, timeout=lock_timeout, leftovers=_none, dirs=dirs):
+            prefix = f".{os.path.basename(target_file(output))}.state." if state_dir is None else None
             # Not fsynced: losing the latest record to a power cut costs nothing.
+            # Not followed: a symlink at the record's name is replaced, never written through.
             atomic_write(path, (json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n").encode(),
-                         temp_prefix=prefix, durable=False)
+                         temp_prefix=prefix, durable=False, follow=False, dirs=dirs)
     except (StoreError, OSError) as e:
         log.log(logging.INFO if quiet else logging.WARNING, "%s: cannot save the state record %s: %s", output, path, e)
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 from ocspstaple import state
 from ocspstaple.certs import describe, load_pair, must_staple
 from ocspstaple.config import BadEntry, Staple
-from ocspstaple.errors import InputError
+from ocspstaple.errors import InputError, TrustError
 from ocspstaple.refresh import inspect_disk
 from ocspstaple.store import Store
 from ocspstaple.validate import CertStatus, VerifiedResponse
@@ -80,7 +80,11 @@ def examine(
         except InputError as e:
             rows.append(Row(name=st.name, output=st.output, problem=str(e), bad_input=True, record=record))
             continue
-        disk = inspect_disk(store, st, pair, now)
+        try:
+            disk = inspect_disk(store, st, pair, now)
+        except TrustError as e:
+            rows.append(Row(name=st.name, output=st.output, problem=str(e), bad_input=True, record=record))
+            continue
         rows.append(Row(
             name=st.name, output=st.output, subject=describe(pair.cert), serial=pair.serial_hex,
             must_staple=must_staple(pair.cert), staple=disk.usable or disk.revoked, usable=disk.usable is not None,

@@ -512,16 +512,20 @@ def test_nginx_test_flag_alone_runs_nginx_t_q(tmp_path: Path, certbot: Certbot, 
 
 # -- two certificates, one output ------------------------------------------------
 
-def test_two_certificates_to_one_output_warn(tmp_path: Path, certbot: Certbot):
+def test_two_certificates_to_one_output_are_a_config_error(tmp_path: Path, certbot: Certbot):
     a, full = certbot[A].live / "fullchain.pem", certbot[FULL].live / "fullchain.pem"
     cfg = tmp_path / "shared.toml"
     cfg.write_text(f'[staple.a]\ncert = "{a}"\noutput = "shared.der"\n'
                    f'[staple.full]\ncert = "{full}"\noutput = "shared.der"\n')
     run = refresh("--config", cfg)
-    line = one_line(run, os.path.realpath(tmp_path / "shared.der"), "give each its own output")
-    for cert in (a, full):  # named as configured, or where its links lead
-        assert str(cert) in line or os.path.realpath(cert) in line, (cert, line)
-    assert run.out == ""
+    # Spec, "Trust on the local disk": an output that is another staple's
+    # output is a config error before anything is written; one line each.
+    assert run.code == 2 and run.out == "" and "Traceback" not in run.err, run.err
+    assert len(run.lines) == 2, run.err
+    for line, (mine, other) in zip(run.lines, ((a, full), (full, a)), strict=True):
+        assert line.startswith(f"{mine}: ") and f"also the output of {other}" in line, line
+        assert "give each its own output" in line
+    assert not (tmp_path / "shared.der").exists()
     # Twin: the same certificate written to two outputs is fine, and quiet.
     cfg.write_text(f'[staple.one]\ncert = "{a}"\noutput = "one.der"\n'
                    f'[staple.two]\ncert = "{a}"\noutput = "two.der"\n')

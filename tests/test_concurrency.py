@@ -301,7 +301,7 @@ class HeldLock:
     """Another run holding an output's lock (in a thread of its own)."""
 
     def __init__(self, output: Path) -> None:
-        self.lock = filelock.FileLock(str(lock_path(output)))
+        self.lock = filelock.FileLock(str(lock_path(output)), mode=0o600)  # as ocspstaple makes its locks
         self.taken, self.done = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._hold, daemon=True)
 

@@ -3,7 +3,7 @@
 Each killed run is a real `ocspstaple refresh` (``ocspstaple.cli.main``) in a
 process of its own, against the real responder on 127.0.0.1, writing real
 files.  A test-only hook (nothing in the package) counts the process's file
-operations (open, mkstemp, fsync, fchmod, replace, unlink, ...) as
+operations (open, temp file, fsync, fchmod, replace, unlink, ...) as
 checkpoints; the run stops at a randomly chosen one and says so on a pipe, and
 the test kills it with SIGKILL by its PID.  A quarter of the runs are instead
 killed after a random delay.
@@ -62,7 +62,6 @@ def _child(kill_at: int, pipe_w: int, argv: list[str], stderr_path: str, nap: fl
     import io
     import os
     import sys
-    import tempfile
     import time
 
     count = 0
@@ -108,7 +107,10 @@ def _child(kill_at: int, pipe_w: int, argv: list[str], stderr_path: str, nap: fl
         builtins.open = io.open = opener
         os.open = after(os.open, "os.open")
         os.fdopen = after(os.fdopen, "fdopen")
-        tempfile.mkstemp = after(tempfile.mkstemp, "mkstemp")
+        import ocspstaple.store
+
+        # The temp file's creation (O_EXCL in the target's directory).
+        ocspstaple.store._temp_file = after(ocspstaple.store._temp_file, "temp file")
         os.fsync = around(os.fsync, "fsync")
         os.fchmod = before(os.fchmod, "fchmod")
         os.fchown = before(os.fchown, "fchown")
@@ -343,7 +345,7 @@ def test_kill_9_at_random_points_never_loses_the_staple(crash_loop: LoopResult):
     # The kills really hit the write: some left a temp file, some the old and some the new staple.
     stats = crash_loop.stats
     assert stats["temp left"] > 0 and stats["old kept"] > 0 and stats["new in place"] > 0, stats
-    assert {"before replace", "after replace", "mkstemp", "before fsync"} <= crash_loop.labels, crash_loop.labels
+    assert {"before replace", "after replace", "temp file", "before fsync"} <= crash_loop.labels, crash_loop.labels
 
 
 def test_kill_9_leaves_no_temp_file_of_any_kind_behind(crash_loop: LoopResult):
@@ -357,13 +359,13 @@ def test_kill_9_leaves_no_temp_file_of_any_kind_behind(crash_loop: LoopResult):
 def test_killed_cli_process_and_the_next_cli_run(site: Site, responder: Responder, ca: CA, tmp_path: Path):
     """The same with separate interpreters: ``python -c`` runs the CLI with the
     hook and is killed by PID just before os.replace (a whole temp file on disk),
-    or just after mkstemp (an empty one); then ``python -m ocspstaple`` cleans up."""
+    or just after the temp file is made (an empty one); then ``python -m ocspstaple`` cleans up."""
     served = Served(responder)
     tests = str(Path(__file__).parent)
     argv = ["refresh", "--cert", str(site.cert), "--force"]
     assert run_cli(*argv).code == 0
     directory = site.output.parent
-    for label in ("before replace", "mkstemp"):
+    for label in ("before replace", "temp file"):
         old = site.output.read_bytes()
         r, w = os.pipe()
         source = inspect.getsource(_child)

@@ -26,7 +26,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -290,13 +289,13 @@ def test_symlink_loop_is_one_clear_error(site: Site, responder: Responder, tmp_p
 
 
 class Names:
-    """Stands in for tempfile's random names: the planted one first."""
+    """Stands in for the store's random temp names: the planted one first."""
 
     def __init__(self, *names: str) -> None:
-        self.names = list(names)
+        self.names = iter(names)
 
-    def __call__(self) -> Iterator[str]:
-        return iter(self.names)
+    def __call__(self) -> str:
+        return next(self.names)
 
 
 def test_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path, monkeypatch):
@@ -309,8 +308,8 @@ def test_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path, monkey
     planted.symlink_to(victim)
     planted2 = tmp_path / (".site.ocsp.planted2" + TEMP_SUFFIX)
     planted2.symlink_to(dangling_victim)
-    # mkstemp draws its names here: the attacker guessed the first two right.
-    monkeypatch.setattr(tempfile, "_get_candidate_names", Names("planted", "planted2", "fresh"))
+    # The temp file's random names come from here: the attacker guessed the first two right.
+    monkeypatch.setattr(store, "_random_name", Names("planted", "planted2", "fresh"))
     atomic_write(out, b"new")
     assert out.read_bytes() == b"new" and not out.is_symlink()
     assert victim.read_bytes() == b"precious" and not dangling_victim.exists()
@@ -323,17 +322,17 @@ def test_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path, monkey
 
 
 def test_planted_temp_name_twin_is_used_when_free(tmp_path: Path, monkeypatch):
-    """Twin: with the planted names free, mkstemp takes the first one (so the
+    """Twin: with the planted names free, the first one is taken (so the
     test above really offered the planted name first)."""
     out = tmp_path / "site.ocsp"
     seen: list[str] = []
     real_replace = os.replace
 
-    def spy(src, dst):
+    def spy(src, dst, **kw):
         seen.append(os.path.basename(src))
-        return real_replace(src, dst)
+        return real_replace(src, dst, **kw)
 
-    monkeypatch.setattr(tempfile, "_get_candidate_names", Names("planted", "fresh"))
+    monkeypatch.setattr(store, "_random_name", Names("planted", "fresh"))
     monkeypatch.setattr(store.os, "replace", spy)
     atomic_write(out, b"new")
     assert seen == [".site.ocsp.planted" + TEMP_SUFFIX]

@@ -985,7 +985,7 @@ def test_lock_held_elsewhere_with_staple_is_kept(site: Site, responder: Responde
     """Twin of the concurrent runs: a lock that is never released."""
     before = write_good_staple(site, responder)
     n = responder.requests
-    with filelock.FileLock(str(lock_path(site.output))):
+    with filelock.FileLock(str(lock_path(site.output)), mode=0o600):
         run = refresh("--cert", site.cert, "--force", "--lock-timeout", "0.5")
     assert run.code == 1, run.err
     assert_one_line(run, str(site.cert), "lock", "kept staple valid until")
@@ -994,7 +994,7 @@ def test_lock_held_elsewhere_with_staple_is_kept(site: Site, responder: Responde
 
 
 def test_lock_held_elsewhere_without_staple(site: Site, responder: Responder):
-    with filelock.FileLock(str(lock_path(site.output))):
+    with filelock.FileLock(str(lock_path(site.output)), mode=0o600):
         run = refresh("--cert", site.cert, "--lock-timeout", "0.5")
     assert run.code == 2, run.err
     assert_one_line(run, str(site.cert), "lock")

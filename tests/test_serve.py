@@ -532,3 +532,149 @@ def test_serve_usage_errors(site: Served, args: list[str], words: str):
     assert run.code == 2, run.err
     assert "Traceback" not in run.err and "listening" not in run.err
     assert words in run.err, run.err
+
+
+# -- hostile clients (spec, "Trust on the local disk": any local user can connect) -------------------
+
+def vm(pid: int, field: str) -> int:
+    """A /proc/PID/status memory field, in bytes (VmHWM: the peak resident set)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+BIG_HEAD = b"POST / HTTP/1.1\r\n" + b"".join(b"X-%02d: %s\r\n" % (i, b"a" * 65000) for i in range(99))
+
+
+def hostile(host: str, port: int, kind: str) -> socket.socket:
+    s = socket.create_connection((host, port), timeout=5)
+    s.setblocking(False)
+    try:
+        if kind == "headers":  # what cost 38 MB a connection: 99 header lines of 64 KB
+            s.send(BIG_HEAD)
+        elif kind == "slowloris":  # a request that never ends
+            s.send(b"GET /")
+        else:  # a GET path of 8,000 "A/" segments
+            s.send(b"GET /" + b"A/" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    except BlockingIOError:
+        pass
+    return s
+
+
+def answered(s: socket.socket) -> bytes:
+    s.settimeout(2)
+    try:
+        return s.recv(100)
+    except OSError:  # dropped as one of the oldest, or reset: no answer to read
+        return b""
+    finally:
+        s.close()
+
+
+def test_500_hostile_connections_cost_bounded_memory(site: Served, ca: CA, serve_process):
+    staple = ca.respond(site.leaf.cert)
+    site.output.write_bytes(staple)
+    p = serve_process("--cert", site.cert, "--listen", "127.0.0.1:0")
+    url = p.url()
+    u = urllib.parse.urlsplit(url)
+    kinds = ("headers", "slowloris", "path")
+    socks = [(kinds[i % 3], hostile(u.hostname, u.port, kinds[i % 3])) for i in range(500)]
+    try:
+        t0 = time.monotonic()
+        assert post(url, request(site.leaf, ca)) == staple
+        # The issue's bound: a legitimate request is still answered within a second.
+        assert time.monotonic() - t0 < 1.0
+        peak = vm(p.proc.pid, "VmHWM")
+        assert peak < 100 << 20, f"peak RSS {peak >> 20} MB"
+        # The hostile requests reached the server and were refused (the negative control:
+        # the load was real), those of them still open to be read.
+        got = {kind: [answered(s) for k, s in socks if k == kind][-40:] for kind in ("headers", "path")}
+        assert any(a.startswith(b"HTTP/1.1 431") for a in got["headers"]), got["headers"][:3]
+        assert any(a.startswith(b"HTTP/1.1 414") for a in got["path"]), got["path"][:3]
+    finally:
+        for _, s in socks:
+            s.close()
+    assert post(url, request(site.leaf, ca)) == staple
+    assert p.stop() == 0
+
+
+def test_slow_request_is_cut_off_and_a_whole_one_is_answered(site: Served, ca: CA, clock):
+    site.output.write_bytes(staple := ca.respond(site.leaf.cert))
+    server = OcspServer(("127.0.0.1", 0), StapleIndex([site.staple], store=FileStore(), clock=clock),
+                        request_timeout=0.5)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        host, port = server.server_address[:2]
+        with socket.create_connection((host, port), timeout=5) as slow:
+            slow.sendall(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n0")  # ... and never the rest
+            t0 = time.monotonic()
+            assert slow.recv(100) == b""  # closed by the server
+            assert time.monotonic() - t0 < 3
+        # Twin: a whole request in time, on a kept-alive connection, twice.
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        for _ in range(2):
+            conn.request("POST", "/", body=request(site.leaf, ca))
+            r = conn.getresponse()
+            assert (r.status, r.read()) == (200, staple)
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(5)
+
+
+def test_oldest_connection_gives_way_to_a_new_one(site: Served, ca: CA, clock):
+    site.output.write_bytes(staple := ca.respond(site.leaf.cert))
+    server = OcspServer(("127.0.0.1", 0), StapleIndex([site.staple], store=FileStore(), clock=clock),
+                        max_connections=4)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        url = served_url(server)
+        u = urllib.parse.urlsplit(url)
+        idle = [socket.create_connection((u.hostname, u.port), timeout=5) for _ in range(4)]
+        time.sleep(0.2)
+        assert post(url, request(site.leaf, ca)) == staple  # the fifth gets in
+        idle[0].settimeout(2)
+        assert idle[0].recv(10) == b""  # the oldest was dropped for it
+        for s in idle:
+            s.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(5)
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "HEAD"])
+def test_only_get_and_post(site: Served, ca: CA, start: StartServer, method: str):
+    site.output.write_bytes(ca.respond(site.leaf.cert))
+    code, _ = ask(start([site.staple]), method)
+    assert code == 405
+
+
+def test_a_staple_swapped_for_a_fifo_blocks_nothing(site: Served, ca: CA, start: StartServer):
+    staple = ca.respond(site.leaf.cert)
+    site.output.write_bytes(staple)
+    url = start([site.staple])
+    assert post(url, request(site.leaf, ca)) == staple
+    site.output.unlink()
+    os.mkfifo(site.output)
+    t0 = time.monotonic()
+    assert status(post(url, request(site.leaf, ca))) is Status.TRY_LATER
+    assert time.monotonic() - t0 < 1
+    site.output.unlink()
+    site.output.write_bytes(staple)  # the real file is back: served again
+    assert post(url, request(site.leaf, ca)) == staple
+
+
+def test_long_get_path_is_refused_at_once(site: Served, ca: CA, start: StartServer):
+    site.output.write_bytes(ca.respond(site.leaf.cert))
+    url = start([site.staple])
+    t0 = time.monotonic()
+    code, _ = ask(url, "GET", "A/" * 8000)
+    assert code == 414 and time.monotonic() - t0 < 1
+    # Twin: a path within bounds with many segments before the request still works.
+    b64 = urllib.parse.quote(base64.b64encode(request(site.leaf, ca)).decode(), safe="")
+    assert get(url, "A/" * 100 + b64) == site.output.read_bytes()
