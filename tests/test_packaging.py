@@ -34,7 +34,8 @@ NAME = f"ocspstaple-{ocspstaple.__version__}"
 # checkout has there must be in it, so a new test helper or unit is never
 # forgotten.
 GRAFTED = ("tests", "man", "contrib")
-ALWAYS = {"LICENSE", "README.md", "setup.cfg", "pyproject.toml", "man/ocspstaple.1", "contrib/install.sh", "contrib/ocspstaple.example.toml",
+ALWAYS = {"LICENSE", "README.md", "setup.cfg", "pyproject.toml", "man/ocspstaple.1",
+          "contrib/install.sh", "contrib/ocspstaple.example.toml",
           "contrib/systemd/ocspstaple.service", "contrib/systemd/ocspstaple.timer",
           "contrib/systemd/ocspstaple-serve.service", "contrib/demo.sh", "contrib/ci/deps.sh",
           "tests/conftest.py", "tests/pki.py", "tests/responder.py", "tests/servers.py", "tests/watching.py"}

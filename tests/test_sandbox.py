@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,8 +44,7 @@ STAND_IN = {"systemctl reload nginx": "nginx -s reload"}
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
-                       reason="mount namespaces need root (CI runs as root)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root (CI runs as root)"),
     pytest.mark.skipif(any(shutil.which(c) is None for c in ("unshare", "nsenter", "setpriv", "mount")),
                        reason="util-linux's unshare, nsenter, setpriv and mount are needed"),
 ]
