@@ -34,7 +34,8 @@ from conftest import ROOT, Run
 from pki import CA, DAY, Issued
 from responder import Reply, Responder
 from sandbox import Unit
-from servers import HAProxy, Nginx, binary, free_port, read_staple, s_client, stop_process, wait_stapled
+from servers import (HAProxy, Nginx, Started, binary, free_port, read_staple, s_client, started_fixture, stop_process,
+                     wait_stapled)
 from test_certbot import Lineage, add_version
 
 SYSTEMD = ROOT / "contrib" / "systemd"
@@ -240,10 +241,7 @@ def world(machine, ca, responder) -> World:
 
 @pytest.fixture
 def servers():
-    started: list = []
-    yield started
-    for s in reversed(started):
-        s.stop()
+    yield from started_fixture()
 
 
 def base_unit(*dropins: str, name: str = "ocspstaple.service") -> Unit:
@@ -259,7 +257,7 @@ def without_rw(unit: Unit, path: str) -> Unit:
     return Unit(settings)
 
 
-def nginx_and_haproxy(world: World, tmp_path: Path, servers: list) -> tuple[MachineNginx, MachineHAProxy]:
+def nginx_and_haproxy(world: World, tmp_path: Path, servers: Started) -> tuple[MachineNginx, MachineHAProxy]:
     m = world.machine
     www = world.nginx_site("www")
     nginx = MachineNginx(m, tmp_path, {"www": www})
@@ -285,9 +283,8 @@ cert = "/etc/ssl/www/cert.pem"
 issuer = "/etc/ssl/www/issuer.pem"
 output = "/etc/nginx/ocsp/www.der"
 """))
-    for s in (nginx, haproxy):
-        servers.append(s)
-        s.start()
+    servers(nginx)
+    servers(haproxy)
     return nginx, haproxy
 
 
@@ -330,7 +327,7 @@ def test_twin_without_cap_dac_override_nginx_t_cannot_open_nginx_logs(world, tmp
     assert "/var/log/nginx" in run.err and "Permission denied" in run.err, run.err
 
 
-def certbot_world(world: World, tmp_path: Path, servers: list) -> MachineNginx:
+def certbot_world(world: World, tmp_path: Path, servers: Started) -> MachineNginx:
     m = world.machine
     base = m.path("/etc/letsencrypt")
     lineage = Lineage("shop.example.test", base, ("cert", "chain", "fullchain", "privkey"))
@@ -340,8 +337,7 @@ def certbot_world(world: World, tmp_path: Path, servers: list) -> MachineNginx:
     m.write("/etc/nginx/ocsp/shop.example.test.der", world.old_staple(leaf))
     nginx = MachineNginx(m, tmp_path, {"shop": (f"{live}/fullchain.pem", f"{live}/privkey.pem",
                                                 "/etc/nginx/ocsp/shop.example.test.der")})
-    servers.append(nginx)
-    nginx.start()
+    servers(nginx)
     return nginx
 
 
