@@ -1,20 +1,22 @@
-"""`systemd-analyze verify` accepts every unit in contrib/systemd, unchanged.
+"""`systemd-analyze verify` accepts every unit in contrib/systemd, unchanged,
+and `systemd-analyze security` rates both services 3.5 or lower.
 
 How the real files are tested: verify checks that every Exec*= binary exists
-and is executable, and the units name /usr/local/bin/ocspstaple (where pip
-puts the entry point), which a test machine need not have.  Editing a copy
-of the units to point at another binary would test a file that differs from
-what ships, so instead the units are verified byte for byte inside a scratch
-root (`systemd-analyze verify --root=TMP`, which resolves unit and binary
-paths under TMP):
+and is executable, and the units name /usr/local/bin/ocspstaple (where
+contrib/install.sh links the program), which a test machine need not have
+(tests/test_install.py verifies the installed units on the real system).
+Editing a copy of the units to point at another binary would test a file
+that differs from what ships, so instead the units are verified byte for
+byte inside a scratch root (`systemd-analyze verify --root=TMP`, which
+resolves unit and binary paths under TMP):
 - TMP/etc/systemd/system: the units, copied unchanged;
 - TMP/usr/lib/systemd/system: a copy of the host's units (sysinit.target,
   timers.target, network-online.target ... that verify loads as dependencies);
-- a stub executable at every absolute Exec*= path the units name.  Only
-  ocspstaple's own path may be missing on the host: any other (systemctl,
-  say) must exist here too, so that a typo in it is still caught.
+- TMP/usr/local/bin/ocspstaple: the real program (this checkout's, run by
+  the test's interpreter; the test runs it once).  Any other Exec*= path
+  must exist on the host, so that a typo in it is still caught.
 Documentation=man:ocspstaple(1) is checked against the repository's own man
-page (MANPATH), when `man` is installed.
+page (MANPATH); man (man-db) is required, as on a real machine.
 
 verify exits 0 on some mistakes (an unknown Type= value is "ignored" with a
 warning), so a unit passes only with exit 0 and nothing at all on stderr.
@@ -26,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,9 +40,11 @@ HOST_UNITS = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/syste
 OWN_BINARY = re.compile(r"/ocspstaple$")
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None or HOST_UNITS is None,
-    reason="systemd-analyze (package systemd) is not installed; contrib/ci/deps.sh installs it",
+    shutil.which("systemd-analyze") is None or HOST_UNITS is None or shutil.which("man") is None,
+    reason="systemd-analyze (package systemd) or man (man-db) is not installed; contrib/ci/deps.sh installs them",
 )
+# systemd-analyze security's verdict for each service, at most.
+MAX_EXPOSURE = 3.5
 
 
 def real_units() -> dict[str, str]:
@@ -60,30 +65,34 @@ def exec_paths(text: str) -> list[str]:
     return paths
 
 
-def verify(tmp_path: Path, units: dict[str, str], *, stubs: bool = True) -> subprocess.CompletedProcess[str]:
+def install_program(path: Path) -> None:
+    """The real program at ``path``: this checkout's ocspstaple, by the test's interpreter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m ocspstaple "$@"\n')
+    path.chmod(0o755)
+    p = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("ocspstaple, version"), p
+
+
+def verify(tmp_path: Path, units: dict[str, str], *, program: bool = True) -> subprocess.CompletedProcess[str]:
     root = tmp_path / "root"
     shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True)  # type: ignore[arg-type]
     unit_dir = root / "etc/systemd/system"
     unit_dir.mkdir(parents=True)
     for name, text in units.items():
         (unit_dir / name).write_text(text)
-        for path in exec_paths(text) if stubs else []:
+        for path in exec_paths(text):
             if not OWN_BINARY.search(path):
                 assert os.access(path, os.X_OK), f"{name}: {path} does not exist on this machine"
-            stub = root / path.lstrip("/")
-            stub.parent.mkdir(parents=True, exist_ok=True)
-            stub.write_text("#!/bin/sh\nexit 0\n")
-            stub.chmod(0o755)
+            elif program and not (root / path.lstrip("/")).exists():
+                install_program(root / path.lstrip("/"))
     env = {k: v for k, v in os.environ.items() if k not in ("SYSTEMD_PAGER", "PAGER")}
     env["SYSTEMD_LOG_COLOR"] = "0"
     args = ["systemd-analyze", "verify", f"--root={root}"]
-    if shutil.which("man"):
-        manpath = tmp_path / "man"
-        (manpath / "man1").mkdir(parents=True)
-        shutil.copy(ROOT / "man" / "ocspstaple.1", manpath / "man1" / "ocspstaple.1")
-        env["MANPATH"] = str(manpath)
-    else:
-        args.append("--man=no")
+    manpath = tmp_path / "man"
+    (manpath / "man1").mkdir(parents=True)
+    shutil.copy(ROOT / "man" / "ocspstaple.1", manpath / "man1" / "ocspstaple.1")
+    env["MANPATH"] = str(manpath)
     return subprocess.run([*args, *(str(unit_dir / n) for n in units)], capture_output=True, text=True,
                           env=env, timeout=60)
 
@@ -121,10 +130,9 @@ BROKEN = {
     "serve-bad-value": ("ocspstaple-serve.service", r"^Restart=on-failure$", "Restart=on-failur",
                         "restart specifier"),
     "serve-unknown-key": ("ocspstaple-serve.service", r"^RestartSec=", "RestartSecs=", "RestartSecs"),
+    "missing-man-page": ("ocspstaple.service", r"^Documentation=man:ocspstaple\(1\)$",
+                         "Documentation=man:ocspstaple-nonesuch(1)", "ocspstaple-nonesuch"),
 }
-if shutil.which("man"):
-    BROKEN["missing-man-page"] = ("ocspstaple.service", r"^Documentation=man:ocspstaple\(1\)$",
-                                  "Documentation=man:ocspstaple-nonesuch(1)", "ocspstaple-nonesuch")
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
@@ -136,10 +144,34 @@ def test_systemd_analyze_verify_rejects_a_broken_unit(tmp_path, case):
 
 
 def test_systemd_analyze_verify_rejects_a_missing_binary(tmp_path):
-    """Twin of the stubs: without them, ocspstaple's binary is missing in the root."""
+    """Twin of the installed program: without it, ocspstaple's binary is missing in the root."""
     units = real_units()
     own = {p for t in units.values() for p in exec_paths(t) if OWN_BINARY.search(p)}
-    result = verify(tmp_path, units, stubs=False)
+    result = verify(tmp_path, units, program=False)
     assert result.returncode != 0
     for path in own:
         assert f"Command {path} is not executable" in result.stderr, result.stderr
+
+
+def exposure(unit: Path) -> float:
+    """The "Overall exposure level" systemd-analyze security gives a unit file (0 best, 10 worst)."""
+    p = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "SYSTEMD_LOG_COLOR": "0"})
+    m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", p.stdout + p.stderr)
+    assert m, f"no exposure level in:\n{p.stdout}{p.stderr}"
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("name", ["ocspstaple.service", "ocspstaple-serve.service"])
+def test_systemd_analyze_security_rates_the_service_at_most_3_5(name):
+    assert exposure(SYSTEMD / name) <= MAX_EXPOSURE
+
+
+def test_systemd_analyze_security_rates_an_unhardened_unit_above_3_5(tmp_path):
+    """Twin: the same service without its hardening settings rates worse: the number is read right."""
+    text = (SYSTEMD / "ocspstaple.service").read_text()
+    bare = "\n".join(line for line in text.splitlines()
+                     if not re.match(r"(Protect|Private|Restrict|Capability|SystemCall|NoNew|Lock|Memory|UMask|"
+                                     r"ReadWrite|State|ProcSubset)", line))
+    (tmp_path / "ocspstaple.service").write_text(bare)
+    assert exposure(tmp_path / "ocspstaple.service") > MAX_EXPOSURE

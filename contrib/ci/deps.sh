@@ -7,7 +7,10 @@
 #   apache2                    the end-to-end tests (real servers on 127.0.0.1;
 #                              installing them starts no service here)
 #   mandoc                     the man page lint
-#   systemd                    systemd-analyze verify of contrib/systemd
+#   systemd                    systemd-analyze verify and security of
+#                              contrib/systemd
+#   man-db                     `man`: verify checks Documentation=man:...,
+#                              and the install test runs `man -w ocspstaple`
 set -euo pipefail
 
 need=()
@@ -18,6 +21,7 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 [ -x /usr/sbin/apache2 ] || need+=(apache2)
 command -v mandoc >/dev/null 2>&1 || need+=(mandoc)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v man >/dev/null 2>&1 || need+=(man-db)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
