@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NoNetwork
+from conftest import NoNetwork, stop_stray_threads
 from pki import CA, DAY, HOUR, write_pem
 
 from ocspstaple import refresh
@@ -28,6 +28,13 @@ N = 6
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or refresh._cpus() < 2,
                                 reason="splits only with fork and two CPUs")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    """refresh_all does not fork while another thread runs: start each test
+    from one thread, whatever tests ran before."""
+    stop_stray_threads()
 
 
 class PidClock:
