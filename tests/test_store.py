@@ -1,15 +1,18 @@
 """Atomic replacement and locking on real files; each test checks the whole directory."""
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from ocspstaple.errors import StoreError
-from ocspstaple.store import TEMP_SUFFIX, atomic_write, lock_output, read_staple
+from ocspstaple.store import TEMP_SUFFIX, atomic_write, lock_output, lock_path, read_staple
 
 
 def listing(d) -> set[str]:
@@ -97,20 +100,40 @@ def test_read_missing_is_none(tmp_path):
 
 
 def test_lock_makes_a_second_holder_wait(tmp_path):
+    """Another process holds the lock; this one waits for it and gets it only
+    once the other has let go.  No sleep decides the outcome: the holder says
+    on a pipe when it holds the lock, a flock probe confirms it, and the holder
+    says when it lets go (time.monotonic is one clock for both processes)."""
     out = tmp_path / "site.der"
-    order = []
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with open(lock_path(out), "rb") as probe, pytest.raises(BlockingIOError):
+            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        with lock_output(out, timeout=30):
+            got = time.monotonic()
+        released = float(holder.stdout.readline())
+        assert got > released
+    finally:
+        holder.kill()
+        holder.wait()
 
-    def second():
-        with lock_output(out, timeout=10):
-            order.append("second")
 
-    with lock_output(out, timeout=10):
-        t = threading.Thread(target=second)
-        t.start()
-        time.sleep(0.3)
-        order.append("first done")
-    t.join()
-    assert order == ["first done", "second"]
+# Takes the lock, says so, and once told to go holds it 0.3 s more (while the
+# test waits for it) and prints the time it lets go.
+HOLDER = """
+import sys, time
+from pathlib import Path
+from ocspstaple.store import lock_output
+with lock_output(Path(sys.argv[1]), timeout=10):
+    print("held", flush=True)
+    sys.stdin.readline()
+    time.sleep(0.3)
+    print(time.monotonic(), flush=True)
+"""
 
 
 def test_lock_timeout_is_a_store_error(tmp_path):
