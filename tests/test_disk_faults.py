@@ -34,7 +34,6 @@ import pytest
 from conftest import Run, Site, clean_env
 from responder import Responder
 
-from ocspstaple import store
 from ocspstaple.store import TEMP_SUFFIX, atomic_write, lock_output
 
 MINUTE = dt.timedelta(minutes=1)
@@ -290,13 +289,32 @@ def test_symlink_loop_is_one_clear_error(site: Site, responder: Responder, tmp_p
 
 
 class Names:
-    """Stands in for tempfile's random names: the planted one first."""
+    """Stands in for tempfile's random names: the planted one first.  ``drawn``
+    lists the names mkstemp asked for, so a test sees which it really tried."""
 
     def __init__(self, *names: str) -> None:
         self.names = list(names)
+        self.drawn: list[str] = []
 
     def __call__(self) -> Iterator[str]:
-        return iter(self.names)
+        for name in self.names:
+            self.drawn.append(name)
+            yield name
+
+
+def replacements(monkeypatch) -> list[str]:
+    """The full path of every file os.replace moves, from now on (a name
+    relative to a directory descriptor is resolved through /proc)."""
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def spy(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
+        base = os.readlink(f"/proc/self/fd/{src_dir_fd}") if src_dir_fd is not None else os.getcwd()
+        seen.append(os.path.join(base, os.fsdecode(src)))
+        return real_replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    monkeypatch.setattr(os, "replace", spy)
+    return seen
 
 
 def test_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path, monkeypatch):
@@ -310,11 +328,17 @@ def test_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path, monkey
     planted2 = tmp_path / (".site.ocsp.planted2" + TEMP_SUFFIX)
     planted2.symlink_to(dangling_victim)
     # mkstemp draws its names here: the attacker guessed the first two right.
-    monkeypatch.setattr(tempfile, "_get_candidate_names", Names("planted", "planted2", "fresh"))
+    names = Names("planted", "planted2", "fresh")
+    monkeypatch.setattr(tempfile, "_get_candidate_names", names)
+    replaced = replacements(monkeypatch)
     atomic_write(out, b"new")
     assert out.read_bytes() == b"new" and not out.is_symlink()
     assert victim.read_bytes() == b"precious" and not dangling_victim.exists()
     assert planted.is_symlink() and planted2.is_symlink()  # skipped, not followed, not replaced
+    # Both planted names were tried, where they were planted, and refused:
+    # the temp file is the third name, beside the staple.
+    assert names.drawn == ["planted", "planted2", "fresh"]
+    assert replaced == [str(tmp_path / (".site.ocsp.fresh" + TEMP_SUFFIX))]
     # The next holder of the lock removes links at stale-temp names without following them.
     with lock_output(out, timeout=5):
         pass
@@ -323,17 +347,13 @@ def test_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path, monkey
 
 
 def test_planted_temp_name_twin_is_used_when_free(tmp_path: Path, monkeypatch):
-    """Twin: with the planted names free, mkstemp takes the first one (so the
-    test above really offered the planted name first)."""
+    """Twin: with the planted names free, mkstemp takes the first one, in the
+    staple's own directory (so the test above really offered the planted
+    name first, where it was planted)."""
     out = tmp_path / "site.ocsp"
-    seen: list[str] = []
-    real_replace = os.replace
-
-    def spy(src, dst):
-        seen.append(os.path.basename(src))
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(tempfile, "_get_candidate_names", Names("planted", "fresh"))
-    monkeypatch.setattr(store.os, "replace", spy)
+    names = Names("planted", "fresh")
+    monkeypatch.setattr(tempfile, "_get_candidate_names", names)
+    replaced = replacements(monkeypatch)
     atomic_write(out, b"new")
-    assert seen == [".site.ocsp.planted" + TEMP_SUFFIX]
+    assert names.drawn == ["planted"]
+    assert replaced == [str(tmp_path / (".site.ocsp.planted" + TEMP_SUFFIX))]

@@ -143,7 +143,11 @@ def test_a_child_that_dies_leaves_its_half_to_be_decided_in_full(fleet, tmp_path
 
 def test_a_live_child_does_its_half_without_verifying(fleet, tmp_path, checks):
     staples, memo = fleet
-    run(staples, memo, PidClock(tmp_path / "pids"))
+    clock = PidClock(tmp_path / "pids")
+    outcomes = run(staples, memo, clock)
+    assert [o.result for o in outcomes] == [Result.FRESH] * N
+    # A second process took part (without it, no verify here would prove nothing).
+    assert len(clock.pids() - {os.getpid()}) == 1
     assert checks["verify"] == 0
 
 
