@@ -6,7 +6,8 @@ certificate and the reason, leaves no temp file, and exits as the spec says
 same run once the fault is gone writes the new staple.
 
 Mounts (a tiny tmpfs, a read-only remount) need root; where mounting is not
-possible the test is skipped and says why.  Every mount is undone in a finally.
+possible the test is skipped and says why, and fails under CI=true (CI runs as
+root: a skip there would hide an untested rule).  Every mount is undone in a finally.
 
 Symlink policy (spec: "Writing"): an output that is a symlink (certbot's
 live/ directory) is replaced where it finally points; the link itself stays.
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import Run, Site, clean_env
+from conftest import Run, Site, cannot_run_here, clean_env
 from responder import Responder
 
 from ocspstaple.store import TEMP_SUFFIX, atomic_write, lock_output
@@ -90,12 +91,12 @@ def first_staple(site: Site, responder: Responder, output: Path) -> bytes:
 def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` at ``mountpoint``, unmounted whatever happens."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8); this test cannot run here")
+        cannot_run_here("mounting a tmpfs needs root and mount(8); this test cannot run here")
     mountpoint.mkdir()
     p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mountpoint)],
                        capture_output=True, text=True, timeout=30)
     if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (no CAP_SYS_ADMIN?): {p.stderr.strip()}")
+        cannot_run_here(f"cannot mount a tmpfs here (no CAP_SYS_ADMIN?): {p.stderr.strip()}")
     try:
         yield mountpoint
     finally:
@@ -174,7 +175,7 @@ def _unprivileged() -> tuple[str, ...]:
     if os.geteuid() != 0:
         return ()
     if shutil.which("setpriv") is None:
-        pytest.skip("as root, permission bits are ignored and setpriv(1) is missing to drop the capability")
+        cannot_run_here("as root, permission bits are ignored and setpriv(1) is missing to drop the capability")
     return ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
 
 
