@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -65,6 +66,31 @@ def cannot_run_here(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: this must run in CI)", pytrace=False)
     pytest.skip(reason)
+
+
+# Hypothesis profiles (README, "Development"): which one runs is decided here,
+# before any test module builds its settings.
+#   dev      the default: random examples, failures saved in .hypothesis/ and replayed first.
+#   ci       selected by CI=true: the same examples on every run (derandomize), no
+#            database, no deadline: a CI run cannot pass or fail by luck, and a
+#            failure reproduces with the same command.
+#   explore  HYPOTHESIS_PROFILE=explore: random, ten times the examples.
+# HYPOTHESIS_PROFILE names one explicitly and wins over CI.
+# Each from Hypothesis' own defaults: not from whatever profile Hypothesis
+# loaded itself on seeing CI set (its built-in "ci", which this one replaces).
+_BASE = settings.get_profile("default")
+settings.register_profile("dev", _BASE, deadline=None)
+settings.register_profile("ci", _BASE, derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", _BASE, deadline=None, print_blob=True)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if in_ci() else "dev")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(n: int) -> int:
+    """A property's max_examples under the profile: ``n`` as the test has it for
+    dev and ci (chosen to keep the whole suite under ten minutes), ten times
+    that to explore."""
+    return n * 10 if HYPOTHESIS_PROFILE == "explore" else n
 
 
 class AnswerNetwork:
@@ -227,9 +253,10 @@ def stop_stray_threads(*, deadline: float = 10.0) -> None:
     held locks), so a test of the split must start from one thread whatever
     ran before it.  HttpTransport's idle request workers would otherwise live
     on for _Workers.IDLE (30 s) after an earlier test's last request: each is
-    woken with a task, and with IDLE cut short it then leaves at once.  Every other thread is waited for, up to ``deadline``
-    seconds; one still running is the earlier test's leak, and a failure
-    naming it says so (never a skip that depends on test order).
+    woken with a task, and with IDLE cut short it then leaves at once.  Every
+    other thread is waited for, up to ``deadline`` seconds; one still running
+    is the earlier test's leak, and a failure naming it says so (never a skip
+    that depends on test order).
     """
     workers = fetch._WORKERS
     workers.IDLE = 0.0  # shadows the class's 30 s; read at each wait of the loop

@@ -31,7 +31,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import pytest
 from conftest import Run, Site, cannot_run_here, clean_env
 from responder import Responder
 

@@ -326,6 +326,7 @@ def test_refresh_due_fraction(ca, leaf, pair):
 
 # -- hostile bytes (a first look; the full property suite is issue 6's) ----------
 
+from conftest import examples  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -336,7 +337,7 @@ def originals(ca, leaf) -> list[bytes]:
     return [resp(ca, leaf), resp(ca, leaf, signer=ca.delegate())]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_responses_raise_only_validation_error(originals, pair, data):
     from cryptography.x509 import ocsp
