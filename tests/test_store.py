@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from conftest import clean_env
 
 from ocspstaple.errors import StoreError
 from ocspstaple.store import TEMP_SUFFIX, atomic_write, lock_output, lock_path, read_staple
@@ -164,7 +165,7 @@ def test_lock_makes_a_second_holder_wait(tmp_path):
     says when it lets go (time.monotonic is one clock for both processes)."""
     out = tmp_path / "site.der"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, env=clean_env())
     try:
         assert holder.stdout.readline() == "held\n"
         with open(lock_path(out), "rb") as probe, pytest.raises(BlockingIOError):
