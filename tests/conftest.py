@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -17,7 +22,7 @@ from responder import Responder  # noqa: E402
 
 import ocspstaple.certs  # noqa: E402
 import ocspstaple.validate  # noqa: E402
-from ocspstaple import refresh  # noqa: E402
+from ocspstaple import fetch, refresh  # noqa: E402
 from ocspstaple.fetch import HttpReply  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +52,45 @@ def one_line(run: Run, *needles: str) -> str:
     for needle in needles:
         assert needle in run.lines[0], (needle, run.lines[0])
     return run.lines[0]
+
+
+def in_ci() -> bool:
+    """CI=true (as CI services set it): the run must hold every rule."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def cannot_run_here(reason: str) -> NoReturn:
+    """Skip a test this machine cannot run; under CI=true fail instead: CI is
+    set up (root, every package) to run them all, and a skip there would hide
+    that a rule went untested."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: this must run in CI)", pytrace=False)
+    pytest.skip(reason)
+
+
+# Hypothesis profiles (README, "Development"): which one runs is decided here,
+# before any test module builds its settings.
+#   dev      the default: random examples, failures saved in .hypothesis/ and replayed first.
+#   ci       selected by CI=true: the same examples on every run (derandomize), no
+#            database, no deadline: a CI run cannot pass or fail by luck, and a
+#            failure reproduces with the same command.
+#   explore  HYPOTHESIS_PROFILE=explore: random, ten times the examples.
+# HYPOTHESIS_PROFILE names one explicitly and wins over CI.
+# Each from Hypothesis' own defaults: not from whatever profile Hypothesis
+# loaded itself on seeing CI set (its built-in "ci", which this one replaces).
+_BASE = settings.get_profile("default")
+settings.register_profile("dev", _BASE, deadline=None)
+settings.register_profile("ci", _BASE, derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", _BASE, deadline=None, print_blob=True)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if in_ci() else "dev")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(n: int) -> int:
+    """A property's max_examples under the profile: ``n`` as the test has it for
+    dev and ci (chosen to keep the whole suite under ten minutes), ten times
+    that to explore."""
+    return n * 10 if HYPOTHESIS_PROFILE == "explore" else n
 
 
 class AnswerNetwork:
@@ -200,3 +244,40 @@ def checks(monkeypatch) -> Checks:
     spy(ocspstaple.validate, "verify", "verify")
     spy(ocspstaple.certs, "check_issued_by", "issued_by")
     return seen
+
+
+def stop_stray_threads(*, deadline: float = 10.0) -> None:
+    """Leave this process with no thread but the main one, or fail naming the others.
+
+    refresh_all forks only while no other thread runs (a fork copies their
+    held locks), so a test of the split must start from one thread whatever
+    ran before it.  HttpTransport's idle request workers would otherwise live
+    on for _Workers.IDLE (30 s) after an earlier test's last request: each is
+    woken with a task, and with IDLE cut short it then leaves at once.  Every
+    other thread is waited for, up to ``deadline`` seconds; one still running
+    is the earlier test's leak, and a failure naming it says so (never a skip
+    that depends on test order).
+    """
+    workers = fetch._WORKERS
+    workers.IDLE = 0.0  # shadows the class's 30 s; read at each wait of the loop
+    try:
+        # One task per worker, each held until all are taken, so that no
+        # worker takes two and another sleeps on.
+        woken = [t for t in threading.enumerate() if t.name == "ocspstaple-http"]
+        if woken:
+            barrier = threading.Barrier(len(woken))
+
+            def wait() -> None:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    barrier.wait(deadline)
+
+            for _ in woken:
+                workers.run(wait)
+        end = time.monotonic() + deadline
+        for t in threading.enumerate():
+            if t is not threading.current_thread():
+                t.join(max(0.0, end - time.monotonic()))
+    finally:
+        del workers.IDLE
+    left = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    assert not left, f"threads an earlier test left running: {left}"

@@ -45,7 +45,8 @@ def setup(tmp_path: Path, ca: CA):
     staple = Staple(name=str(cert), cert=cert, output=tmp_path / "cert.pem.ocsp")
 
     def resp(this_update: dt.datetime, next_update: dt.datetime | None = None, **kw) -> bytes:
-        return ca.respond(leaf.cert, this_update=this_update, produced_at=this_update,
+        kw.setdefault("produced_at", this_update)
+        return ca.respond(leaf.cert, this_update=this_update,
                           next_update=next_update or this_update + 4 * DAY, **kw)
 
     return staple, resp
@@ -66,6 +67,24 @@ def test_clock_hours_behind_refuses_a_response_from_its_future(setup):
     assert o.result is Result.MISSING and o.result.exit_code == 2
     assert "in the future" in o.message and "clock behind" in o.message, o.message
     assert not staple.output.exists()
+
+
+def test_a_this_update_ahead_of_the_clock_is_refused_though_produced_at_is_not(setup):
+    """The response was produced within the clock's past, but speaks for a
+    time beyond the skew ahead (a responder that signs ahead of time): its
+    thisUpdate alone refuses it, and the line names thisUpdate.  Where
+    producedAt = thisUpdate, as above, the producedAt check would hide a
+    missing thisUpdate check."""
+    staple, resp = setup
+    ahead = resp(T + HOUR, produced_at=T - HOUR)
+    o, _ = run(staple, ahead, T)
+    assert o.result is Result.MISSING and o.result.exit_code == 2
+    assert "thisUpdate" in o.message and "in the future" in o.message, o.message
+    assert not staple.output.exists()
+    # twin: the same pair of times, with thisUpdate within the skew, is written
+    near = resp(T + 4 * MIN, produced_at=T - HOUR)
+    o, _ = run(staple, near, T)
+    assert o.result is Result.WRITTEN and staple.output.read_bytes() == near, o.message
 
 
 def test_clock_behind_within_the_skew_accepts(setup):

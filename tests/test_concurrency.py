@@ -86,6 +86,27 @@ class Fleet:
         return self.ca.respond(leaf.cert, this_update=this_update, next_update=this_update + 4 * DAY, **kw)
 
 
+class Gather:
+    """A responder's reply_for that holds the first ``n`` requests until all
+    ``n`` are in (or ``deadline`` seconds passed), then answers as ``answer``
+    would.  The responder counts a request as active before it asks
+    reply_for, so once the n are in, ``max_active`` has seen n at once however
+    slowly the client's threads were scheduled on loaded cores; a client
+    capped below n never gets there, and waits out the deadline."""
+
+    def __init__(self, n: int, answer, *, deadline: float = 20) -> None:
+        self.left, self.answer, self.deadline = n, answer, deadline
+        self.cond = threading.Condition()
+
+    def __call__(self, req) -> Reply:
+        with self.cond:
+            if self.left > 0:
+                self.left -= 1
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: self.left == 0, timeout=self.deadline)
+        return self.answer(req)
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, ca: CA, responder: Responder) -> Fleet:
     return Fleet(tmp_path, ca, responder)
@@ -138,6 +159,7 @@ def mixed(fleet: Fleet) -> tuple[list[Staple | BadEntry], list[Result]]:
 
 def test_many_certificates_with_mixed_faults_in_one_run(fleet: Fleet, responder: Responder):
     staples, expected = mixed(fleet)
+    responder.reply_for = Gather(2, fleet._reply)
     outcomes = run(staples, Network(), jobs=8)
     assert [o.name for o in outcomes] == [st.name for st in staples]  # the order of `staples`
     assert [o.result for o in outcomes] == expected
@@ -237,6 +259,7 @@ def test_a_shared_failure_is_each_staples_own_outcome(fleet: Fleet, responder: R
 
 def test_the_per_host_cap_is_never_exceeded(fleet: Fleet, responder: Responder):
     staples = [fleet.add(f"cap{i}")[0] for i in range(3 * MAX_PER_HOST)]
+    responder.reply_for = Gather(MAX_PER_HOST, fleet._reply)
     outcomes = run(staples, Network(), jobs=4 * MAX_PER_HOST)
     assert {o.result for o in outcomes} == {Result.WRITTEN}
     assert responder.max_active == MAX_PER_HOST  # reached, never passed
@@ -246,6 +269,7 @@ def test_twin_without_the_cap_the_counter_sees_more(fleet: Fleet, responder: Res
     """Twin: the same run with the cap lifted overlaps more requests, so the
     counter above would have caught a cap that did nothing."""
     staples = [fleet.add(f"nocap{i}")[0] for i in range(3 * MAX_PER_HOST)]
+    responder.reply_for = Gather(MAX_PER_HOST + 1, fleet._reply)
     run(staples, Network(gates=HostGates(1000)), jobs=4 * MAX_PER_HOST)
     assert responder.max_active > MAX_PER_HOST
 
@@ -260,7 +284,8 @@ def test_the_cap_is_per_host_and_holds_across_transports(fleet: Fleet, ca: CA, r
     """Two responders are two hosts: each sees at most the cap, together more.
     Staples with two timeouts (two transports) still share one host's cap."""
     with Responder(ca) as other:
-        other.reply_for = fleet._reply
+        responder.reply_for = Gather(MAX_PER_HOST, fleet._reply)
+        other.reply_for = Gather(MAX_PER_HOST, fleet._reply)
         staples = []
         for i in range(2 * MAX_PER_HOST):
             staples.append(fleet.add(f"a{i}", timeout=5 + i % 2)[0])

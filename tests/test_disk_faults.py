@@ -6,7 +6,8 @@ certificate and the reason, leaves no temp file, and exits as the spec says
 same run once the fault is gone writes the new staple.
 
 Mounts (a tiny tmpfs, a read-only remount) need root; where mounting is not
-possible the test is skipped and says why.  Every mount is undone in a finally.
+possible the test is skipped and says why, and fails under CI=true (CI runs as
+root: a skip there would hide an untested rule).  Every mount is undone in a finally.
 
 Symlink policy (spec: "Writing"): an output that is a symlink (certbot's
 live/ directory) is replaced where it finally points; the link itself stays.
@@ -29,8 +30,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import pytest
-from conftest import Run, Site, clean_env
+from conftest import Run, Site, cannot_run_here, clean_env
 from responder import Responder
 
 from ocspstaple import store
@@ -90,12 +90,12 @@ def first_staple(site: Site, responder: Responder, output: Path) -> bytes:
 def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` at ``mountpoint``, unmounted whatever happens."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8); this test cannot run here")
+        cannot_run_here("mounting a tmpfs needs root and mount(8); this test cannot run here")
     mountpoint.mkdir()
     p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mountpoint)],
                        capture_output=True, text=True, timeout=30)
     if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (no CAP_SYS_ADMIN?): {p.stderr.strip()}")
+        cannot_run_here(f"cannot mount a tmpfs here (no CAP_SYS_ADMIN?): {p.stderr.strip()}")
     try:
         yield mountpoint
     finally:
@@ -174,7 +174,7 @@ def _unprivileged() -> tuple[str, ...]:
     if os.geteuid() != 0:
         return ()
     if shutil.which("setpriv") is None:
-        pytest.skip("as root, permission bits are ignored and setpriv(1) is missing to drop the capability")
+        cannot_run_here("as root, permission bits are ignored and setpriv(1) is missing to drop the capability")
     return ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
 
 
@@ -289,13 +289,33 @@ def test_symlink_loop_is_one_clear_error(site: Site, responder: Responder, tmp_p
 
 
 class Names:
-    """Stands in for the store's random temp names: the planted one first."""
+    """Stands in for the store's random temp names: the planted one first.
+    ``drawn`` lists the names the store asked for, so a test sees which it
+    really tried."""
 
     def __init__(self, *names: str) -> None:
         self.names = iter(names)
+        self.drawn: list[str] = []
 
     def __call__(self) -> str:
-        return next(self.names)
+        name = next(self.names)
+        self.drawn.append(name)
+        return name
+
+
+def replacements(monkeypatch) -> list[str]:
+    """The full path of every file os.replace moves, from now on (a name
+    relative to a directory descriptor is resolved through /proc)."""
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def spy(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
+        base = os.readlink(f"/proc/self/fd/{src_dir_fd}") if src_dir_fd is not None else os.getcwd()
+        seen.append(os.path.join(base, os.fsdecode(src)))
+        return real_replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    monkeypatch.setattr(os, "replace", spy)
+    return seen
 
 
 def test_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path, monkeypatch):
@@ -309,11 +329,17 @@ def test_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path, monkey
     planted2 = tmp_path / (".site.ocsp.planted2" + TEMP_SUFFIX)
     planted2.symlink_to(dangling_victim)
     # The temp file's random names come from here: the attacker guessed the first two right.
-    monkeypatch.setattr(store, "_random_name", Names("planted", "planted2", "fresh"))
+    names = Names("planted", "planted2", "fresh")
+    monkeypatch.setattr(store, "_random_name", names)
+    replaced = replacements(monkeypatch)
     atomic_write(out, b"new")
     assert out.read_bytes() == b"new" and not out.is_symlink()
     assert victim.read_bytes() == b"precious" and not dangling_victim.exists()
     assert planted.is_symlink() and planted2.is_symlink()  # skipped, not followed, not replaced
+    # Both planted names were tried, where they were planted, and refused:
+    # the temp file is the third name, beside the staple.
+    assert names.drawn == ["planted", "planted2", "fresh"]
+    assert replaced == [str(tmp_path / (".site.ocsp.fresh" + TEMP_SUFFIX))]
     # The next holder of the lock removes links at stale-temp names without following them.
     with lock_output(out, timeout=5):
         pass
@@ -322,17 +348,13 @@ def test_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path, monkey
 
 
 def test_planted_temp_name_twin_is_used_when_free(tmp_path: Path, monkeypatch):
-    """Twin: with the planted names free, the first one is taken (so the
-    test above really offered the planted name first)."""
+    """Twin: with the planted names free, the first one is taken, in the
+    staple's own directory (so the test above really offered the planted
+    name first, where it was planted)."""
     out = tmp_path / "site.ocsp"
-    seen: list[str] = []
-    real_replace = os.replace
-
-    def spy(src, dst, **kw):
-        seen.append(os.path.basename(src))
-        return real_replace(src, dst, **kw)
-
-    monkeypatch.setattr(store, "_random_name", Names("planted", "fresh"))
-    monkeypatch.setattr(store.os, "replace", spy)
+    names = Names("planted", "fresh")
+    monkeypatch.setattr(store, "_random_name", names)
+    replaced = replacements(monkeypatch)
     atomic_write(out, b"new")
-    assert seen == [".site.ocsp.planted" + TEMP_SUFFIX]
+    assert names.drawn == ["planted"]
+    assert replaced == [str(tmp_path / (".site.ocsp.planted" + TEMP_SUFFIX))]

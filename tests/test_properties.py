@@ -24,6 +24,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 import pytest
+from conftest import examples
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -40,7 +41,7 @@ from ocspstaple.validate import CertStatus, validate
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class World:

@@ -15,13 +15,12 @@ import datetime as dt
 import json
 import os
 import re
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import AnswerNetwork as Network
-from conftest import Checks, NoNetwork, Run, Site, assert_silent_success, run_cli
+from conftest import Checks, NoNetwork, Run, Site, assert_silent_success, run_cli, stop_stray_threads
 from conftest import FixedClock as Clock
 from pki import CA, DAY, HOUR, Issued, write_pem
 from responder import Responder
@@ -377,8 +376,7 @@ def forks(monkeypatch) -> list[int]:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cpus < 2 or not hasattr(os, "fork"):
         pytest.skip("the split needs fork and two CPUs")
-    if threading.active_count() > 1:
-        pytest.skip("other threads are running: refresh_all rightly does not fork")
+    stop_stray_threads()  # refresh_all rightly does not fork while other threads run
     calls: list[int] = []
     real = os.fork
 

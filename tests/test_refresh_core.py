@@ -6,6 +6,7 @@ is real files in tmp_path, or a fake store where a disk failure is the point.
 from __future__ import annotations
 
 import datetime as dt
+import resource
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,6 +54,22 @@ class Network:
 class FailingWrites(FileStore):
     def write(self, path: Path, data: bytes) -> None:
         raise StoreError(f"cannot write {path}: No space left on device")
+
+
+class ShortWrites(FileStore):
+    """The real file layer on the real disk, where no file may grow past half of
+    what is written (RLIMIT_FSIZE): the kernel takes the first half and then
+    refuses with EFBIG, as a filling disk would.  Python ignores SIGXFSZ, so
+    the refusal is an OSError, not the end of the test.  Written in place, the
+    old staple would be left cut in half."""
+
+    def write(self, path: Path, data: bytes) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(data) // 2, hard))
+        try:
+            super().write(path, data)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 @pytest.fixture(scope="module")
@@ -221,13 +238,20 @@ def test_revocation_with_the_same_this_update_is_passed_on(setup):
     assert o.result is Result.REVOKED and st.output.read_bytes() == revoked
 
 
-def test_write_failure_keeps_the_old_staple(setup):
+def test_write_failure_keeps_the_old_staple(setup, tmp_path):
     st, resp = setup
     old = resp(T0 - 2 * HOUR)
     st.output.write_bytes(old)
-    o = run(replace(st, force=True), Network(resp(T0 - HOUR)), T0, store=FailingWrites())
-    assert o.result is Result.KEPT and "No space left" in o.message
+    before = sorted(p.name for p in tmp_path.iterdir())
+    o = run(replace(st, force=True), Network(resp(T0 - HOUR)), T0, store=ShortWrites())
+    assert o.result is Result.KEPT and "File too large" in o.message and str(st.output) in o.message, o.message
     assert st.output.read_bytes() == old
+    # Nothing half-written is left behind: only the staple's lock file is new.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, lock_path(st.output).name])
+    # Twin: the same run on a disk that takes the whole file writes it.
+    new = resp(T0 - HOUR)
+    o = run(replace(st, force=True), Network(new), T0)
+    assert o.result is Result.WRITTEN and st.output.read_bytes() == new, o.message
 
 
 def test_revocation_that_cannot_be_written_is_still_loud(setup):

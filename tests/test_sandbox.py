@@ -34,8 +34,18 @@ from conftest import ROOT, Run
 from pki import CA, DAY, Issued
 from responder import Reply, Responder
 from sandbox import Unit
-from servers import (HAProxy, Nginx, Started, binary, free_port, read_staple, s_client, started_fixture, stop_process,
-                     wait_stapled)
+from servers import (
+    HAProxy,
+    Nginx,
+    Started,
+    binary,
+    free_port,
+    read_staple,
+    s_client,
+    started_fixture,
+    stop_process,
+    wait_stapled,
+)
 from test_certbot import Lineage, add_version
 
 SYSTEMD = ROOT / "contrib" / "systemd"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NoNetwork
+from conftest import NoNetwork, stop_stray_threads
 from pki import CA, DAY, HOUR, write_pem
 
 from ocspstaple import refresh
@@ -28,6 +28,13 @@ N = 6
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or refresh._cpus() < 2,
                                 reason="splits only with fork and two CPUs")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    """refresh_all does not fork while another thread runs: start each test
+    from one thread, whatever tests ran before."""
+    stop_stray_threads()
 
 
 class PidClock:
@@ -136,7 +143,11 @@ def test_a_child_that_dies_leaves_its_half_to_be_decided_in_full(fleet, tmp_path
 
 def test_a_live_child_does_its_half_without_verifying(fleet, tmp_path, checks):
     staples, memo = fleet
-    run(staples, memo, PidClock(tmp_path / "pids"))
+    clock = PidClock(tmp_path / "pids")
+    outcomes = run(staples, memo, clock)
+    assert [o.result for o in outcomes] == [Result.FRESH] * N
+    # A second process took part (without it, no verify here would prove nothing).
+    assert len(clock.pids() - {os.getpid()}) == 1
     assert checks["verify"] == 0
 
 

@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from conftest import AnswerNetwork
+from conftest import AnswerNetwork, examples
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -231,7 +231,7 @@ class StapleMachine(RuleBasedStateMachine):
 
 
 StapleMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=25, deadline=None,
+    max_examples=examples(40), stateful_step_count=25, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestStapleMachine = StapleMachine.TestCase

@@ -1,15 +1,19 @@
 """Atomic replacement and locking on real files; each test checks the whole directory."""
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+from conftest import clean_env
 
 from ocspstaple.errors import StoreError
-from ocspstaple.store import TEMP_SUFFIX, atomic_write, lock_output, read_staple
+from ocspstaple.store import TEMP_SUFFIX, atomic_write, lock_output, lock_path, read_staple
 
 
 def listing(d) -> set[str]:
@@ -92,25 +96,103 @@ def test_failure_mid_write_leaves_old_file_and_no_temp(tmp_path):
     assert listing(tmp_path) == {"site.der"}
 
 
+class Syncs:
+    """A spy on the disk edge: every fsync/fdatasync, with what its descriptor
+    was (device, inode, directory or not) and what ``watch`` held then."""
+
+    def __init__(self, monkeypatch, watch) -> None:
+        self.calls: list[tuple[int, int, bool, bytes | None]] = []
+        for name in ("fsync", "fdatasync"):
+            monkeypatch.setattr(os, name, self._spy(getattr(os, name), watch))
+
+    def _spy(self, real, watch):
+        def sync(fd: int) -> None:
+            st = os.fstat(fd)
+            held = watch.read_bytes() if watch.is_file() else None
+            self.calls.append((st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode), held))
+            real(fd)
+        return sync
+
+    def of(self, path) -> list[bytes | None]:
+        """What the target held at each sync of the file or directory now at ``path``."""
+        st = os.stat(path)
+        return [held for dev, ino, is_dir, held in self.calls
+                if (dev, ino, is_dir) == (st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode))]
+
+
+@pytest.mark.parametrize("linked", [False, True], ids=["plain", "through-a-symlink"])
+def test_the_directory_is_synced_after_the_replace(tmp_path, monkeypatch, linked):
+    """A power cut after os.replace may bring back the old directory entry unless
+    the directory itself is synced, after the rename: kill -9 cannot show this,
+    a spy on the disk edge can.  Through a symlink the directory is the one of
+    the file the link points to."""
+    real = tmp_path / "archive" / "site1.der"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    out = tmp_path / "site.der"
+    if linked:
+        out.symlink_to(real)
+    else:
+        out = real
+    syncs = Syncs(monkeypatch, real)
+    atomic_write(out, b"new")
+    assert b"new" in syncs.of(real.parent), syncs.calls
+    if linked:
+        assert syncs.of(tmp_path) == []
+    # The new file's own bytes were synced before the rename made them visible.
+    assert syncs.of(real) == [b"old"], syncs.calls
+
+
+def test_twin_a_non_durable_write_syncs_nothing(tmp_path, monkeypatch):
+    """Twin: the spy sees no directory sync where none is made (durable=False,
+    for state records), so the test above can fail."""
+    out = tmp_path / "site.der"
+    out.write_bytes(b"old")
+    syncs = Syncs(monkeypatch, out)
+    atomic_write(out, b"new", durable=False)
+    assert out.read_bytes() == b"new"
+    assert syncs.calls == []
+
+
 def test_read_missing_is_none(tmp_path):
     assert read_staple(tmp_path / "none.der") is None
 
 
 def test_lock_makes_a_second_holder_wait(tmp_path):
+    """Another process holds the lock; this one waits for it and gets it only
+    once the other has let go.  No sleep decides the outcome: the holder says
+    on a pipe when it holds the lock, a flock probe confirms it, and the holder
+    says when it lets go (time.monotonic is one clock for both processes)."""
     out = tmp_path / "site.der"
-    order = []
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with open(lock_path(out), "rb") as probe, pytest.raises(BlockingIOError):
+            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        with lock_output(out, timeout=30):
+            got = time.monotonic()
+        released = float(holder.stdout.readline())
+        assert got > released
+    finally:
+        holder.kill()
+        holder.wait()
 
-    def second():
-        with lock_output(out, timeout=10):
-            order.append("second")
 
-    with lock_output(out, timeout=10):
-        t = threading.Thread(target=second)
-        t.start()
-        time.sleep(0.3)
-        order.append("first done")
-    t.join()
-    assert order == ["first done", "second"]
+# Takes the lock, says so, and once told to go holds it 0.3 s more (while the
+# test waits for it) and prints the time it lets go.
+HOLDER = """
+import sys, time
+from pathlib import Path
+from ocspstaple.store import lock_output
+with lock_output(Path(sys.argv[1]), timeout=10):
+    print("held", flush=True)
+    sys.stdin.readline()
+    time.sleep(0.3)
+    print(time.monotonic(), flush=True)
+"""
 
 
 def test_lock_timeout_is_a_store_error(tmp_path):

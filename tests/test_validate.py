@@ -7,6 +7,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pki import CA, DAY, HOUR, PSS_SHA256, assemble, ext, parts, unsuccessful, with_single_extension
 
@@ -132,6 +133,15 @@ def test_delegate_without_eku_is_refused(ca, leaf, pair):
     refused(resp(ca, leaf, signer=ca.delegate(eku=False)), pair, "lacks the id-kp-OCSPSigning")
 
 
+def test_delegate_with_no_eku_extension_at_all_is_refused(ca, leaf, pair):
+    """No ExtendedKeyUsage extension is not "any usage": RFC 6960 4.2.2.2
+    requires id-kp-OCSPSigning in it."""
+    bare = ca.issue("Bare Responder", ocsp_urls=(), san=False)
+    with pytest.raises(x509.ExtensionNotFound):
+        bare.cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    refused(resp(ca, leaf, signer=bare), pair, "lacks the id-kp-OCSPSigning")
+
+
 def test_delegate_that_is_a_ca_is_refused(ca, leaf, pair):
     sibling = ca.issue("Sibling Sub-CA", is_ca=True, ocsp_urls=(), eku=[ExtendedKeyUsageOID.OCSP_SIGNING])
     refused(resp(ca, leaf, signer=sibling), pair, "is a CA certificate")
@@ -240,7 +250,12 @@ def test_unknown_critical_response_extension_is_refused(ca, leaf, pair):
 
 
 def test_nonce_extension_is_known(ca, leaf, pair):
-    validate(resp(ca, leaf, extensions=[(x509.OCSPNonce(b"0123456789abcdef"), False)]), pair=pair, now=NOW)
+    """A nonce marked critical is a known extension (RFC 6960 4.4.1), not a reason
+    to refuse; the test above is its twin (an unknown critical one is refused)."""
+    data = resp(ca, leaf, extensions=[(x509.OCSPNonce(b"0123456789abcdef"), True)])
+    assert ocsp.load_der_ocsp_response(data).extensions.get_extension_for_class(x509.OCSPNonce).critical
+    v = validate(data, pair=pair, now=NOW)
+    assert v.status is CertStatus.GOOD and v.this_update == NOW - HOUR
 
 
 def test_unknown_critical_single_extension_is_refused(ca, leaf, pair):
@@ -268,7 +283,13 @@ def test_critical_extension_on_a_neighbours_single_does_not_count(ca, leaf, pair
 
 def test_this_update_within_skew_is_accepted(ca, leaf, pair):
     validate(resp(ca, leaf, this_update=NOW + 4 * MIN), pair=pair, now=NOW)
-    refused(resp(ca, leaf, this_update=NOW + 6 * MIN), pair, "in the future")
+    refused(resp(ca, leaf, this_update=NOW + 6 * MIN), pair, "thisUpdate .* is in the future")
+
+
+def test_this_update_in_the_future_is_refused_with_produced_at_in_the_past(ca, leaf, pair):
+    """producedAt alone would let it pass: the thisUpdate check must fire itself."""
+    refused(resp(ca, leaf, this_update=NOW + HOUR, produced_at=NOW - HOUR), pair, "thisUpdate .* is in the future")
+    refused(resp(ca, leaf, this_update=NOW - HOUR, produced_at=NOW + HOUR), pair, "producedAt .* is in the future")
 
 
 def test_next_update_must_be_more_than_five_minutes_away(ca, leaf, pair):
@@ -305,6 +326,7 @@ def test_refresh_due_fraction(ca, leaf, pair):
 
 # -- hostile bytes (a first look; the full property suite is issue 6's) ----------
 
+from conftest import examples  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -315,7 +337,7 @@ def originals(ca, leaf) -> list[bytes]:
     return [resp(ca, leaf), resp(ca, leaf, signer=ca.delegate())]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_responses_raise_only_validation_error(originals, pair, data):
     from cryptography.x509 import ocsp
