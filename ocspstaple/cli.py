@@ -86,14 +86,13 @@ def _parse_at(text: str, *, now: Any) -> Any:
         t = dt.datetime.fromisoformat(value)
     except ValueError:
         raise bad from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+    outside = InputError(f"--at: {text!r} is outside the years {_AT_YEARS[0]} to {_AT_YEARS[1]}")
     try:
-        t = t.astimezone(dt.timezone.utc)
-    except OverflowError:
-        t = None
-    if t is None or not _AT_YEARS[0] <= t.year <= _AT_YEARS[1]:
-        raise InputError(f"--at: {text!r} is outside the years {_AT_YEARS[0]} to {_AT_YEARS[1]}")
+        t = t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00
+        raise outside from None
+    if not _AT_YEARS[0] <= t.year <= _AT_YEARS[1]:
+        raise outside
     return t
 
 

@@ -22,10 +22,10 @@ from pki import CA, DAY, HOUR, assemble, ext, parts, seq, tlv, with_single_exten
 from ocspstaple import der, state
 from ocspstaple.certs import Pair
 from ocspstaple.config import BadEntry, Options, Staple, read_config
-from ocspstaple.errors import ConfigError, InputError, ValidationError
+from ocspstaple.errors import ConfigError, ValidationError
 from ocspstaple.fetch import HttpReply
 from ocspstaple.refresh import Result, refresh_one
-from ocspstaple.status import MetricStaple, evaluate, examine, metrics_text, Threshold
+from ocspstaple.status import MetricStaple, Threshold, evaluate, examine, metrics_text
 from ocspstaple.store import FileStore
 from ocspstaple.validate import CertStatus, validate
 
