@@ -110,7 +110,10 @@ def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
     if cert.issuer != issuer.subject:
         raise InputError(f"{who} did not sign this certificate: it names another issuer "
                          f"({cert.issuer.rfc4514_string()})")
-    problem = certificate_signature(cert, issuer)
+    try:
+        problem = certificate_signature(cert, issuer)
+    except ValidationError as e:  # der: an encoding that cannot be walked
+        raise InputError(f"cannot check that {who} signed this certificate: {e}") from None
     if problem is None:
         return
     if problem.mismatch:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
-
 import re
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -45,9 +44,8 @@ _STATUS_NAMES = {
 # critical extension is understood only where its RFC puts it: a nonce is a
 # responseExtension (4.4.1), never a singleExtension; anything else critical
 # makes the response unusable.
-_NONCE = "1.3.6.1.5.5.7.48.1.2"
 RESPONSE_EXTENSIONS = {
-    _NONCE: "nonce",
+    "1.3.6.1.5.5.7.48.1.2": "nonce",  # 4.4.1
     "1.3.6.1.5.5.7.48.1.9": "extended revoke",  # 4.4.8
 }
 SINGLE_EXTENSIONS = {
@@ -58,6 +56,8 @@ SINGLE_EXTENSIONS = {
     "2.5.29.29": "certificate issuer",
     "1.3.6.1.4.1.11129.2.4.5": "CT signed certificate timestamps",  # RFC 6962 3.3
 }
+
+
 class CertStatus(enum.Enum):
     GOOD = "good"
     REVOKED = "revoked"
