@@ -61,6 +61,41 @@ def _duration(value: Any) -> Any:
     return parse_duration(value, "--default-validity")
 
 
+#: the years --at accepts: a moment every time computation around it can represent
+_AT_YEARS = (1970, 9998)
+
+
+def _parse_at(text: str, *, now: Any) -> Any:
+    """``verify --at``: ``now``, or an ISO 8601 date or date and time (UTC
+    unless an offset is given); InputError with one line otherwise."""
+    import datetime as dt
+    import re
+
+    from ocspstaple.errors import InputError
+
+    value = text.strip()
+    if value.lower() == "now":
+        return now
+    bad = InputError(f"--at: {text!r} is not a time such as 2026-11-29T09:00:00Z, 2026-11-29T10:00:00+01:00, "
+                     "2026-11-29 or now")
+    # A full YYYY-MM-DD first: fromisoformat also takes week dates
+    # ("2026-W48") and compact forms, refused here for clarity.
+    if not re.match(r"\d{4}-\d{2}-\d{2}(?:$|[T ])", value) or len(value) > 40:
+        raise bad
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise bad from None
+    outside = InputError(f"--at: {text!r} is outside the years {_AT_YEARS[0]} to {_AT_YEARS[1]}")
+    try:
+        t = t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00
+        raise outside from None
+    if not _AT_YEARS[0] <= t.year <= _AT_YEARS[1]:
+        raise outside
+    return t
+
+
 def _staple_inputs(*, with_url: bool) -> Callable[[F], F]:
     """The options that say which staples a command works on (refresh, serve)."""
     options = [
@@ -165,6 +200,9 @@ def _fail_input(e: Exception) -> NoReturn:
 @click.option("--proxy", help="HTTP proxy URL. Default: HTTP_PROXY/http_proxy from the environment.")
 @click.option("--refresh-at", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Fetch once this fraction of the staple's validity has passed. Default: 0.5.")
+@click.option("--max-refresh-interval", default=None, metavar="DURATION",
+              help="Fetch no later than this after the staple's thisUpdate, whatever its nextUpdate says "
+                   "(1h to 365d, e.g. 2d, 36h). Default: 4d.")
 @click.option("--default-validity", default=None, metavar="DURATION",
               help="How long a response without nextUpdate counts as valid (e.g. 12h, 1d). Default: 1d.")
 @click.option("--lock-timeout", type=click.FloatRange(0, 3600, min_open=True), default=None,
@@ -191,6 +229,7 @@ def refresh(
     timeout: float | None,
     proxy: str | None,
     refresh_at: float | None,
+    max_refresh_interval: str | None,
     default_validity: str | None,
     lock_timeout: float | None,
     jobs: int | None,
@@ -217,13 +256,14 @@ def refresh(
     _setup_logging(verbose, quiet)
 
     from ocspstaple.certbot import renewed_lineage
-    from ocspstaple.config import Options, RunSettings, check_files
+    from ocspstaple.config import Options, RunSettings, check_files, check_max_refresh_interval
     from ocspstaple.errors import InputError
 
     try:
         validity = _duration(default_validity) if default_validity is not None else None
-        options = Options(timeout=timeout, proxy=proxy, refresh_at=refresh_at, default_validity=validity,
-                          lock_timeout=lock_timeout, haproxy_socket=haproxy_socket)
+        interval = None if max_refresh_interval is None else check_max_refresh_interval(max_refresh_interval)
+        options = Options(timeout=timeout, proxy=proxy, refresh_at=refresh_at, max_refresh_interval=interval,
+                          default_validity=validity, lock_timeout=lock_timeout, haproxy_socket=haproxy_socket)
         staples, from_file = _gather(inputs, options=options, force=force, renewed=renewed_lineage())
     except InputError as e:
         _fail_input(e)
@@ -362,6 +402,13 @@ class _Records:
                    quiet=o.result.exit_code > 0, dirs=self._dirs)
         self._saved[id(o)] = record
 
+    def refresh_due(self, o: Any) -> Any:
+        """When ``o``'s staple is due, by its staple's settings (None without one)."""
+        st = self._staples.get((o.name, o.output))
+        if st is None or o.staple is None:
+            return None
+        return o.staple.refresh_due(st.refresh_at, st.max_refresh_interval)
+
     def of(self, o: Any) -> Any:
         """The record as saved this run; else as on disk (for the metrics)."""
         from ocspstaple import state
@@ -382,7 +429,7 @@ def _metrics(outcomes: list[Any], records: _Records, run: Any, now: Any, *, code
     from ocspstaple.store import atomic_write
 
     metrics = [MetricStaple(name=o.name, output=o.output, staple=o.staple, must_staple=o.must_staple,
-                            record=records.of(o)) for o in outcomes]
+                            record=records.of(o), refresh_due=records.refresh_due(o)) for o in outcomes]
     text = metrics_text(metrics, duration_s=duration_s, ended=now, code=code)
     try:
         atomic_write(run.metrics_file, text.encode())
@@ -568,9 +615,16 @@ def check(state_dir: Path | None, warning: str, critical: str, max_failing: str,
               help="Issuer certificate (PEM). Default: the certificate in CERT that signed it.")
 @click.option("--default-validity", default=None, metavar="DURATION",
               help="How long a response without nextUpdate counts as valid. Default: 1d.")
-def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity: str | None) -> None:
+@click.option("--at", "at", default=None, metavar="TIME",
+              help="Judge the staple at this moment instead of now: ISO 8601 such as 2026-11-29T09:00:00Z, "
+                   "2026-11-29T10:00:00+01:00 or 2026-11-29 (midnight UTC); a time without an offset is UTC; "
+                   "'now'.")
+def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity: str | None,
+           at: str | None) -> None:
     """Validate an existing stapling FILE with the same rules as refresh, and
-    print what it says (status, times, signer).
+    print what it says (status, times, signer). With --at, judge it at
+    that moment ("will this staple still be good tomorrow at 09:00?", or an
+    old response at the time it was served).
 
     \b
     Exit status:
@@ -586,6 +640,11 @@ def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity:
     from ocspstaple.validate import CertStatus, fmt_time, validate
 
     _setup_logging(0, False)
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        when = now if at is None else _parse_at(at, now=now)
+    except InputError as e:
+        _fail_input(e)
     try:
         validity = _duration(default_validity) if default_validity is not None else DEFAULT_VALIDITY
         pair = load_pair(cert, issuer)
@@ -594,13 +653,14 @@ def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity:
         _fail_input(InputError(f"{staple_file}: {e}"))
     if data is None:
         _fail_input(InputError(f"{staple_file}: no such file"))
+    at_note = "" if at is None else f" at {fmt_time(when)}"
     try:
-        r = validate(data, pair=pair, now=dt.datetime.now(dt.timezone.utc), default_validity=validity)
+        r = validate(data, pair=pair, now=when, default_validity=validity)
     except ValidationError as e:
-        click.echo(f"{staple_file}: NOT VALID for {describe(pair.cert)} (serial {pair.serial_hex}): {e}")
+        click.echo(f"{staple_file}: NOT VALID{at_note} for {describe(pair.cert)} (serial {pair.serial_hex}): {e}")
         sys.exit(EXIT_BAD)
     lines = [
-        f"{staple_file}: valid, certificate {'REVOKED' if r.status is CertStatus.REVOKED else 'good'}",
+        f"{staple_file}: valid{at_note}, certificate {'REVOKED' if r.status is CertStatus.REVOKED else 'good'}",
         f"  certificate:  {describe(pair.cert)} (serial {pair.serial_hex})",
         f"  this update:  {fmt_time(r.this_update)}",
         f"  next update:  {fmt_time(r.next_update) if r.next_update else '(none)'}",

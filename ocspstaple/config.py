@@ -7,6 +7,7 @@ are relative to the config file's directory.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 import tomllib
@@ -21,6 +22,11 @@ from ocspstaple.urls import check_url
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_REFRESH_AT = 0.5
 DEFAULT_VALIDITY = dt.timedelta(days=1)
+#: validate.MAX_REFRESH_INTERVAL: the CA/Browser Forum has CAs publish a new response by then
+DEFAULT_MAX_REFRESH_INTERVAL = dt.timedelta(days=4)
+#: the bounds of --max-refresh-interval: more often than hourly is the timer's
+#: business (and --force's); more than a year is no cap at all
+MAX_REFRESH_INTERVAL_RANGE = (dt.timedelta(hours=1), dt.timedelta(days=365))
 DEFAULT_LOCK_TIMEOUT = 60.0
 DEFAULT_HOOK_TIMEOUT = 60.0
 NGINX_TEST = "nginx -t -q"
@@ -42,6 +48,7 @@ class Options:
     timeout: float | None = None
     proxy: str | None = None
     refresh_at: float | None = None
+    max_refresh_interval: dt.timedelta | None = None
     default_validity: dt.timedelta | None = None
     lock_timeout: float | None = None
     haproxy_socket: str | None = None
@@ -63,6 +70,8 @@ class Staple:
     timeout: float = DEFAULT_TIMEOUT
     proxy: str | None = None
     refresh_at: float = DEFAULT_REFRESH_AT
+    #: refresh no later than this after thisUpdate, whatever nextUpdate says
+    max_refresh_interval: dt.timedelta = DEFAULT_MAX_REFRESH_INTERVAL
     default_validity: dt.timedelta = DEFAULT_VALIDITY
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     #: HAProxy stats socket (unix path or HOST:PORT) to push a new staple to
@@ -159,9 +168,21 @@ def parse_duration(value: object, what: str) -> dt.timedelta:
         seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
     else:
         raise InputError(f"{what}: expected a duration, got {value!r}")
-    if seconds <= 0:
-        raise InputError(f"{what}: must be positive")
-    return dt.timedelta(seconds=seconds)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InputError(f"{what}: must be a positive number of seconds, got {value!r}")
+    try:
+        return dt.timedelta(seconds=seconds)
+    except OverflowError:
+        raise InputError(f"{what}: {value!r} is too long") from None
+
+
+def check_max_refresh_interval(value: object, what: str = "--max-refresh-interval") -> dt.timedelta:
+    """A duration from one hour to 365 days (``4d``, ``36h``)."""
+    interval = parse_duration(value, what)
+    low, high = MAX_REFRESH_INTERVAL_RANGE
+    if not low <= interval <= high:
+        raise InputError(f"{what}: {value!r} must be from 1h to 365d")
+    return interval
 
 
 def check_fraction(value: float, what: str = "refresh-at") -> float:
@@ -201,6 +222,7 @@ _OPTION_KEYS: Mapping[str, Any] = {
     "timeout": _num(check_timeout),
     "proxy": lambda v, where: check_url(_str(v, where), where),
     "refresh_at": _num(check_fraction),
+    "max_refresh_interval": check_max_refresh_interval,
     "default_validity": parse_duration,
     "lock_timeout": _num(check_timeout),
     "haproxy_socket": lambda v, where: check_socket(_str(v, where), where),

@@ -56,7 +56,7 @@ Recall = Callable[[Staple], "Checked | None"]
 
 #: Part of every checked_digest: raise it whenever a check of validate.verify,
 #: certs.pair_of or must_staple changes, so that no older verdict is taken.
-CHECKS_VERSION = b"ocspstaple checks 1"
+CHECKS_VERSION = b"ocspstaple checks 2"  # 2: SHA-1 CertIDs only, SHA-1 signatures, extensions by place
 
 
 class Result(enum.Enum):
@@ -587,7 +587,7 @@ def _refresh_locked(
     fresh = None if st.force else _fresh(st, disk, now, shared)
     if fresh is not None:
         return fresh
-    due = disk.usable is not None and now >= disk.usable.refresh_due(st.refresh_at)
+    due = disk.usable is not None and now >= disk.usable.refresh_due(st.refresh_at, st.max_refresh_interval)
 
     request = build_request(pair)
     transport = shared.network(st.timeout, st.proxy)
@@ -729,7 +729,7 @@ def _fresh(st: Staple, disk: Disk, now: dt.datetime, shared: _Shared, digest: st
     ``digest``: the staple's checked_digest, when known."""
     if disk.usable is None:
         return None
-    due = disk.usable.refresh_due(st.refresh_at)
+    due = disk.usable.refresh_due(st.refresh_at, st.max_refresh_interval)
     if now >= due:
         # The responder's max-age holds back at most half of what is left
         # after the refresh point, so an outage after it still finds time.
@@ -759,15 +759,17 @@ def _check_fresher(new: VerifiedResponse, disk: Disk) -> None:
     cur = disk.usable or disk.ahead
     if cur is None:
         return
+    if new.status is CertStatus.REVOKED and cur.status is CertStatus.GOOD:
+        # A validly signed revocation replaces a good staple whatever its
+        # thisUpdate (spec, "revoked ... IS written"): only the CA could have
+        # signed it, and it did revoke the certificate; an older one is no
+        # replay to refuse, and an equal one is never hidden.
+        return
     if new.this_update < cur.this_update:
         raise StaleError(
             f"responder sent an older response (thisUpdate {fmt_time(new.this_update)}) than the staple "
             f"on disk ({fmt_time(cur.this_update)}): a replay or a stale cache, refused", new.this_update)
-    if new.this_update == cur.this_update and not (
-        new.status is CertStatus.REVOKED and cur.status is CertStatus.GOOD
-    ):
-        # Equal changes nothing; but a signed revocation beside a good
-        # response of the same moment is passed on, never hidden.
+    if new.this_update == cur.this_update:
         raise StaleError("responder sent the same response as the staple on disk", new.this_update)
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from ocspstaple import state
 from ocspstaple.certs import describe, load_pair, must_staple
-from ocspstaple.config import BadEntry, Staple
+from ocspstaple.config import DEFAULT_MAX_REFRESH_INTERVAL, DEFAULT_REFRESH_AT, BadEntry, Staple
 from ocspstaple.errors import InputError, TrustError
 from ocspstaple.refresh import inspect_disk
 from ocspstaple.store import Store
@@ -40,7 +40,8 @@ class Row:
     #: whether that staple is usable now
     usable: bool = False
     problem: str = ""
-    refresh_at: float = 0.5
+    refresh_at: float = DEFAULT_REFRESH_AT
+    max_refresh_interval: dt.timedelta = DEFAULT_MAX_REFRESH_INTERVAL
     bad_input: bool = False
     record: state.Record = state.Record()
 
@@ -61,7 +62,7 @@ class Row:
     def refresh_due(self) -> dt.datetime | None:
         if self.staple is None or not self.usable:
             return None
-        return self.staple.refresh_due(self.refresh_at)
+        return self.staple.refresh_due(self.refresh_at, self.max_refresh_interval)
 
 
 def examine(
@@ -88,7 +89,8 @@ def examine(
         rows.append(Row(
             name=st.name, output=st.output, subject=describe(pair.cert), serial=pair.serial_hex,
             must_staple=must_staple(pair.cert), staple=disk.usable or disk.revoked, usable=disk.usable is not None,
-            problem=disk.problem, refresh_at=st.refresh_at, record=record,
+            problem=disk.problem, refresh_at=st.refresh_at, max_refresh_interval=st.max_refresh_interval,
+            record=record,
         ))
     return rows
 
@@ -265,6 +267,12 @@ def evaluate(row: Row, now: dt.datetime, *, warning: Threshold, critical: Thresh
     r = row.record
     if r.consecutive_failures and r.failing_since and now - r.failing_since > max_failing:
         return State.WARNING, f"refresh failing for {age(now - r.failing_since)}: {r.last_error}"
+    due = row.refresh_due
+    if due is not None and r.last_attempt is not None and r.last_attempt < due and now - due > max_failing:
+        # Refresh has run before (there is a record) but not since the staple
+        # fell due: the timer has stopped, and a revocation would not arrive.
+        return State.WARNING, (f"refresh due since {_when(due)} UTC, not attempted for "
+                               f"{age(now - r.last_attempt)} (is the timer running?)")
     return State.OK, ""
 
 
@@ -311,6 +319,8 @@ METRICS = (
     ("ocspstaple_staple_next_update_timestamp_seconds", "nextUpdate of the valid staple on disk."),
     ("ocspstaple_staple_expiry_timestamp_seconds",
      "When the staple stops being usable (nextUpdate, or the responder certificate's notAfter)."),
+    ("ocspstaple_staple_refresh_due_timestamp_seconds",
+     "When the staple is due for refresh (refresh-at of its window, at most max-refresh-interval after thisUpdate)."),
     ("ocspstaple_staple_status", "1 for the staple's status: good, revoked, or none (no valid staple)."),
     ("ocspstaple_staple_must_staple", "1 if the certificate is must-staple (RFC 7633)."),
     ("ocspstaple_last_success_timestamp_seconds", "Last time a valid response was fetched."),
@@ -330,6 +340,8 @@ class MetricStaple:
     staple: VerifiedResponse | None
     must_staple: bool | None
     record: state.Record
+    #: the staple's Row.refresh_due (None without a usable staple)
+    refresh_due: dt.datetime | None = None
 
 
 def _esc(v: str) -> str:
@@ -353,6 +365,9 @@ def metrics_text(staples: Iterable[MetricStaple], *, duration_s: float, ended: d
                 series["ocspstaple_staple_next_update_timestamp_seconds"].append(
                     f"{{{labels}}} {_num(s.next_update.timestamp())}")
             series["ocspstaple_staple_expiry_timestamp_seconds"].append(f"{{{labels}}} {_num(s.expires.timestamp())}")
+        if m.refresh_due is not None:
+            series["ocspstaple_staple_refresh_due_timestamp_seconds"].append(
+                f"{{{labels}}} {_num(m.refresh_due.timestamp())}")
         current = "none" if s is None else ("revoked" if s.status is CertStatus.REVOKED else "good")
         for st in ("good", "revoked", "none"):
             series["ocspstaple_staple_status"].append(f'{{{labels},status="{st}"}} {int(st == current)}')

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ocspstaple import der
-from ocspstaple.certs import Pair, describe, issuer_hashes, key_bits, sha1
+from ocspstaple.certs import Pair, certificate_signature, check_signature, describe, issuer_hashes, key_bits, sha1
 from ocspstaple.errors import ValidationError
 
 # Clock skew tolerated on thisUpdate and producedAt, as certbot and OpenSSL allow.
@@ -26,6 +26,11 @@ SKEW = dt.timedelta(minutes=5)
 MIN_REMAINING = dt.timedelta(minutes=5)
 # RFC 5019 2.2.4: a response without nextUpdate; how long we treat it as valid.
 DEFAULT_VALIDITY = dt.timedelta(days=1)
+# The CA/Browser Forum Baseline Requirements (4.9.10) have CAs publish a new
+# response at least every four days: never wait longer than this after
+# thisUpdate, whatever nextUpdate says (a 100-year window must not keep a
+# later revocation from the server for a century).
+MAX_REFRESH_INTERVAL = dt.timedelta(days=4)
 
 _STATUS_NAMES = {
     ocsp.OCSPResponseStatus.MALFORMED_REQUEST: "malformedRequest",
@@ -35,27 +40,21 @@ _STATUS_NAMES = {
     ocsp.OCSPResponseStatus.UNAUTHORIZED: "unauthorized",
 }
 
-# Extensions RFC 6960 4.4 and RFC 6962 define for responses and SingleResponses.
-# A critical extension outside this set must make the response unusable.
-KNOWN_EXTENSIONS = frozenset({
-    "1.3.6.1.5.5.7.48.1.2",  # nonce
-    "1.3.6.1.5.5.7.48.1.3",  # CRL references
-    "1.3.6.1.5.5.7.48.1.6",  # archive cutoff
-    "1.3.6.1.5.5.7.48.1.9",  # extended revoke
-    "2.5.29.21",  # CRL reason
-    "2.5.29.24",  # invalidity date
-    "2.5.29.29",  # certificate issuer
-    "1.3.6.1.4.1.11129.2.4.5",  # CT signed certificate timestamps
-})
-
-_RSASSA_PSS = "1.2.840.113549.1.1.10"
-_MGF1 = "1.2.840.113549.1.1.8"
-_HASHES_BY_OID: dict[str, type[hashes.HashAlgorithm]] = {
-    "1.3.14.3.2.26": hashes.SHA1,
-    "2.16.840.1.101.3.4.2.4": hashes.SHA224,
-    "2.16.840.1.101.3.4.2.1": hashes.SHA256,
-    "2.16.840.1.101.3.4.2.2": hashes.SHA384,
-    "2.16.840.1.101.3.4.2.3": hashes.SHA512,
+# Extensions RFC 6960 4.4 and RFC 6962 3.3 define, by where they stand.  A
+# critical extension is understood only where its RFC puts it: a nonce is a
+# responseExtension (4.4.1), never a singleExtension; anything else critical
+# makes the response unusable.
+RESPONSE_EXTENSIONS = {
+    "1.3.6.1.5.5.7.48.1.2": "nonce",  # 4.4.1
+    "1.3.6.1.5.5.7.48.1.9": "extended revoke",  # 4.4.8
+}
+SINGLE_EXTENSIONS = {
+    "1.3.6.1.5.5.7.48.1.3": "CRL references",  # 4.4.2
+    "1.3.6.1.5.5.7.48.1.6": "archive cutoff",  # 4.4.4
+    "2.5.29.21": "CRL reason",  # 4.4.5: the CRL entry extensions
+    "2.5.29.24": "invalidity date",
+    "2.5.29.29": "certificate issuer",
+    "1.3.6.1.4.1.11129.2.4.5": "CT signed certificate timestamps",  # RFC 6962 3.3
 }
 
 
@@ -82,9 +81,13 @@ class VerifiedResponse:
     revocation_time: dt.datetime | None = None
     revocation_reason: str | None = None
 
-    def refresh_due(self, fraction: float) -> dt.datetime:
-        """When this staple should be replaced: ``fraction`` of its window after thisUpdate."""
-        return self.this_update + (self.expires - self.this_update) * fraction
+    def refresh_due(self, fraction: float, max_interval: dt.timedelta = MAX_REFRESH_INTERVAL) -> dt.datetime:
+        """When this staple should be replaced: ``fraction`` of its window after
+        thisUpdate, and never later than ``max_interval`` after thisUpdate.
+
+        The one rule of "When to fetch": refresh, status, check and the
+        metrics all ask this."""
+        return self.this_update + min((self.expires - self.this_update) * fraction, max_interval)
 
 
 def fmt_time(t: dt.datetime) -> str:
@@ -153,8 +156,13 @@ def _verify(data: bytes, *, pair: Pair, default_validity: dt.timedelta) -> Verif
         raise ValidationError("empty response")
     try:
         resp = ocsp.load_der_ocsp_response(data)
-    except ValueError:
-        raise ValidationError(f"not a DER OCSP response ({_sniff(data)})") from None
+    except ValueError as e:
+        if not _one_der_element(data):
+            raise ValidationError(f"not a DER OCSP response ({_sniff(data)})") from None
+        # Well-formed DER the parser refuses (a GeneralizedTime with
+        # fractions, an explicitly encoded default version, an unknown
+        # status): refused all the same, but with the parser's own reason.
+        raise ValidationError(f"unreadable OCSP response: {_parser_reason(e)}") from None
     if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise ValidationError(f"responder answered {_STATUS_NAMES.get(resp.response_status, resp.response_status)}")
 
@@ -171,9 +179,10 @@ def _verify(data: bytes, *, pair: Pair, default_validity: dt.timedelta) -> Verif
         raise ValidationError("malformed BasicOCSPResponse (SingleResponse count)")
     index, single = _matching_single(singles, pair)
     try:
-        _refuse_critical(response_exts, "the response")
+        _refuse_critical(response_exts, "the response", RESPONSE_EXTENSIONS, SINGLE_EXTENSIONS)
         single_fields = der_singles[index].children()
-        _refuse_critical(next((f for f in single_fields[3:] if f.tag == 0xA1), None), "the SingleResponse")
+        _refuse_critical(next((f for f in single_fields[3:] if f.tag == 0xA1), None), "the SingleResponse",
+                         SINGLE_EXTENSIONS, RESPONSE_EXTENSIONS)
     except IndexError:
         raise ValidationError("malformed extensions in the response") from None
 
@@ -216,6 +225,41 @@ def _sniff(data: bytes) -> str:
     return f"{len(data)} bytes of {kind}"
 
 
+def _one_der_element(data: bytes) -> bool:
+    """Whether ``data`` is exactly one whole DER element (so not HTML, text or a truncated body)."""
+    try:
+        return der.read_one(data)[1] == len(data)
+    except ValidationError:
+        return False
+
+
+_PARSE_ERROR = re.compile(r"ParseError \{ kind: (\w+)(?:[^\[]*location: \[(.*)\])?")
+#: the parser's error kinds, in the operator's words
+_PARSE_KINDS = {
+    "EncodedDefault": "a DEFAULT value encoded explicitly, which DER forbids",
+    "InvalidValue": "an invalid value",
+    "UnknownDefinedBy": "an unknown type",
+    "ShortData": "truncated data",
+    "ExtraData": "trailing data",
+    "UnexpectedTag": "an unexpected field",
+    "InvalidLength": "an invalid length",
+}
+
+
+def _parser_reason(e: Exception) -> str:
+    """cryptography's reason, with the field it names when it names one:
+    ``ParseError { kind: EncodedDefault, location: [..., "ResponseData::version"] }``
+    becomes ``EncodedDefault at ResponseData::version (...)``."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    m = _PARSE_ERROR.search(text)
+    if m is None:
+        return text[:160]
+    kind, where = m.group(1), m.group(2)
+    field = where.split(",")[-1].strip().strip('"') if where else ""
+    gloss = _PARSE_KINDS.get(kind)
+    return f"parser: {kind}" + (f" at {field}" if field else "") + (f" ({gloss})" if gloss else "")
+
+
 def _short(e: Exception) -> str:
     return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
 
@@ -227,31 +271,50 @@ def _basic_response(data: bytes) -> list[der.TLV]:
     return der.read_one(response_bytes[1].value)[0].children()
 
 
-def _refuse_critical(exts: der.TLV | None, where: str) -> None:
+def _refuse_critical(exts: der.TLV | None, where: str, here: dict[str, str], elsewhere: dict[str, str]) -> None:
+    """Refuse a critical extension not understood ``where`` it stands: one not
+    in ``here`` (the extensions its RFC puts there)."""
     if exts is None:
         return
     for ext in exts.children()[0].children():
         fields = ext.children()
         oid = der.decode_oid(fields[0].value)
         critical = len(fields) == 3 and fields[1].tag == der.BOOLEAN and fields[1].value != b"\x00"
-        if critical and oid not in KNOWN_EXTENSIONS:
-            raise ValidationError(f"unknown critical extension {oid} in {where}")
+        if not critical or oid in here:
+            continue
+        if oid in elsewhere:
+            other = "the SingleResponse" if where == "the response" else "the response extensions"
+            raise ValidationError(f"critical {elsewhere[oid]} extension ({oid}) in {where}: it is not understood "
+                                  f"there (it belongs in {other})")
+        raise ValidationError(f"unknown critical extension {oid} in {where}")
 
 
 def _matching_single(
     singles: list[ocsp.OCSPSingleResponse], pair: Pair
 ) -> tuple[int, ocsp.OCSPSingleResponse]:
+    """The SingleResponse for ``pair.cert`` under a SHA-1 CertID (spec, invariant 2)."""
     serials = []
+    other_hash = None
     for i, s in enumerate(singles):
         serials.append(format(s.serial_number, "X"))
         if s.serial_number != pair.cert.serial_number:
             continue
         try:
-            name_hash, key_hash = issuer_hashes(pair.issuer, s.hash_algorithm)
+            algorithm = s.hash_algorithm
+            name_hash, key_hash = issuer_hashes(pair.issuer, algorithm)
         except UnsupportedAlgorithm:
             continue
-        if (s.issuer_name_hash, s.issuer_key_hash) == (name_hash, key_hash):
+        if (s.issuer_name_hash, s.issuer_key_hash) != (name_hash, key_hash):
+            continue
+        if isinstance(algorithm, hashes.SHA1):
             return i, s
+        other_hash = algorithm.name.upper().replace("SHA", "SHA-")
+    if other_hash is not None:
+        # Genuinely about this certificate, but HAProxy 2.6 refuses to staple
+        # it ("Certificate ID does not match certificate and issuer") and
+        # clients match the SHA-1 CertID the request used.
+        raise ValidationError(f"response CertID uses {other_hash}; only a SHA-1 CertID (the hash the request "
+                              "used, the only one HAProxy staples) is accepted")
     if pair.cert.serial_number in [s.serial_number for s in singles]:
         raise ValidationError(f"response is for serial {pair.serial_hex} of another issuer")
     raise ValidationError(f"response is for another certificate (serial {', '.join(serials)})")
@@ -290,10 +353,17 @@ def _verify_signer(
 def _check_delegate(cand: x509.Certificate, issuer: x509.Certificate, produced_at: dt.datetime, name: str) -> None:
     """RFC 6960 4.2.2.2: issued directly by the CA, with id-kp-OCSPSigning; and
     not a CA (a CA-flagged signer is how a sibling sub-CA could forge)."""
+    if cand.issuer != issuer.subject:
+        raise ValidationError(f"{name} was not issued by the certificate's issuer (it names "
+                              f"{cand.issuer.rfc4514_string()})")
     try:
-        cand.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        raise ValidationError(f"{name} was not issued by the certificate's issuer") from None
+        problem = certificate_signature(cand, issuer)
+    except ValidationError:  # der: not a well-formed certificate encoding
+        raise ValidationError(f"{name} certificate is malformed") from None
+    if problem is not None and problem.mismatch:
+        raise ValidationError(f"{name} was not issued by the certificate's issuer ({problem.reason})")
+    if problem is not None:
+        raise ValidationError(f"cannot check that the certificate's issuer issued {name}: {problem.reason}")
     try:
         eku = cand.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -311,69 +381,9 @@ def _check_delegate(cand: x509.Certificate, issuer: x509.Certificate, produced_a
 
 
 def _check_signature(resp: ocsp.OCSPResponse, basic: list[der.TLV], signer: x509.Certificate, name: str) -> None:
-    key = signer.public_key()
-    sig = resp.signature
-    data = resp.tbs_response_bytes
-    oid = resp.signature_algorithm_oid.dotted_string
-    try:
-        if isinstance(key, rsa.RSAPublicKey):
-            if oid == _RSASSA_PSS:
-                pss, algorithm = _pss_params(basic[1])
-                key.verify(sig, data, pss, algorithm)
-            else:
-                key.verify(sig, data, padding.PKCS1v15(), _hash_of(resp))
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(sig, data, ec.ECDSA(_hash_of(resp)))
-        elif isinstance(key, ed25519.Ed25519PublicKey):
-            if oid != "1.3.101.112":
-                raise ValidationError(f"signature algorithm {oid} does not fit {name}'s Ed25519 key")
-            key.verify(sig, data)
-        elif isinstance(key, ed448.Ed448PublicKey):
-            if oid != "1.3.101.113":
-                raise ValidationError(f"signature algorithm {oid} does not fit {name}'s Ed448 key")
-            key.verify(sig, data)
-        else:
-            raise ValidationError(f"{name}'s key type is not supported")
-    except InvalidSignature:
-        raise ValidationError(f"signature does not verify with {name}'s key") from None
-    except (UnsupportedAlgorithm, ValueError, TypeError) as e:
-        raise ValidationError(f"signature of {name} cannot be checked ({_short(e)})") from None
-
-
-def _hash_of(resp: ocsp.OCSPResponse) -> hashes.HashAlgorithm:
-    alg = resp.signature_hash_algorithm
-    if alg is None:
-        raise ValidationError("signature algorithm names no hash")
-    return alg
-
-
-def _pss_params(alg_id: der.TLV) -> tuple[padding.PSS, hashes.HashAlgorithm]:
-    """Decode RSASSA-PSS-params (RFC 4055 3.1); the defaults are SHA-1 and salt 20."""
-    fields = alg_id.children()
-    params = fields[1].children() if len(fields) > 1 and fields[1].tag == der.SEQUENCE else []
-    hash_cls: type[hashes.HashAlgorithm] = hashes.SHA1
-    mgf_hash_cls: type[hashes.HashAlgorithm] = hashes.SHA1
-    salt = 20
-    for p in params:
-        inner = p.children()[0]
-        if p.tag == 0xA0:
-            hash_cls = _hash_oid(inner.children()[0].value)
-        elif p.tag == 0xA1:
-            mgf = inner.children()
-            if der.decode_oid(mgf[0].value) != _MGF1:
-                raise ValidationError("RSASSA-PSS with a mask generation function other than MGF1")
-            mgf_hash_cls = _hash_oid(mgf[1].children()[0].value)
-        elif p.tag == 0xA2:
-            salt = int.from_bytes(inner.value, "big")
-        elif p.tag == 0xA3:
-            if int.from_bytes(inner.value, "big") != 1:
-                raise ValidationError("RSASSA-PSS with an unknown trailer field")
-    return padding.PSS(mgf=padding.MGF1(mgf_hash_cls()), salt_length=salt), hash_cls()
-
-
-def _hash_oid(value: bytes) -> type[hashes.HashAlgorithm]:
-    oid = der.decode_oid(value)
-    try:
-        return _HASHES_BY_OID[oid]
-    except KeyError:
-        raise ValidationError(f"unsupported hash algorithm {oid}") from None
+    problem = check_signature(signer.public_key(), resp.signature, resp.tbs_response_bytes, basic[1])
+    if problem is None:
+        return
+    if problem.mismatch:
+        raise ValidationError(f"signature does not verify with {name}'s key ({problem.reason})")
+    raise ValidationError(f"signature of {name} cannot be checked: {problem.reason}")

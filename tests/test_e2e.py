@@ -24,6 +24,7 @@ from typing import Iterator
 
 import pytest
 from conftest import Run, run_cli
+from cryptography.hazmat.primitives import hashes
 from pki import CA, DAY, HOUR, write_pem
 from responder import Reply, Responder
 from servers import (
@@ -366,6 +367,16 @@ def test_haproxy_keeps_the_good_staple_through_a_ca_outage(ca, site, responder, 
 def test_haproxy_staples_a_pushed_revocation(ca, site, responder, times, haproxy_with_a):
     haproxy = haproxy_with_a
     assert s_client(haproxy.port).cert_status == "good"  # twin: good before
+    # A genuine, newer response under a SHA-256 CertID (HAProxy 2.6 would not
+    # staple it): refused, nothing pushed, HAProxy keeps stapling A (issue 13).
+    a = ocsp_file(site).read_bytes()
+    responder.serve(ca.respond(site.leaf.cert, this_update=times.b, next_update=times.b + 4 * DAY,
+                               hash_alg=hashes.SHA256()))
+    run = refresh("--cert", site.combined, "--force", "--haproxy-socket", haproxy.socket)
+    assert_kept(run, site.combined)
+    assert "only a SHA-1 CertID" in run.lines[0], run.err
+    assert ocsp_file(site).read_bytes() == a
+    assert s_client(haproxy.port).this_update == times.a
     responder.serve(revoked(ca, site, times.r))
     run = refresh("--cert", site.combined, "--force", "--haproxy-socket", haproxy.socket)
     assert_revoked_reported(run, site.combined)

@@ -450,8 +450,9 @@ def forged_record(site: Site, staple: bytes, url: str) -> bytes:
     from dataclasses import replace
     st = Staple(name=str(site.cert), cert=site.cert, output=site.output, urls=(url,))
     digest = checked_digest(st, Inputs(site.cert.read_bytes(), None, None), staple)
-    checked = state.Checked(digest=digest, response=replace(resp, der=b"", expires=now() + dt.timedelta(days=365)),
-                            must_staple=False)
+    year = now() + dt.timedelta(days=365)
+    forged = replace(resp, der=b"", this_update=now() - dt.timedelta(hours=1), next_update=year, expires=year)
+    checked = state.Checked(digest=digest, response=forged, must_staple=False)
     rec = state.Record(last_attempt=now(), last_success=now(), checked=checked)
     return json.dumps(rec.to_json()).encode()
 

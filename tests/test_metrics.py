@@ -24,7 +24,8 @@ from ocspstaple.store import FileStore
 
 PER_STAPLE = [
     "ocspstaple_staple_this_update_timestamp_seconds", "ocspstaple_staple_next_update_timestamp_seconds",
-    "ocspstaple_staple_expiry_timestamp_seconds", "ocspstaple_staple_status", "ocspstaple_staple_must_staple",
+    "ocspstaple_staple_expiry_timestamp_seconds", "ocspstaple_staple_refresh_due_timestamp_seconds",
+    "ocspstaple_staple_status", "ocspstaple_staple_must_staple",
     "ocspstaple_last_success_timestamp_seconds", "ocspstaple_consecutive_failures",
 ]
 RUN = ["ocspstaple_run_duration_seconds", "ocspstaple_run_timestamp_seconds", "ocspstaple_run_exit_code"]
@@ -193,7 +194,7 @@ def test_refresh_writes_metrics(site: Site, responder: Responder, tmp_path: Path
 
 def test_metrics_for_a_must_staple_and_a_missing_staple(tmp_path: Path, ca: CA, responder: Responder):
     must = make_cert(tmp_path, ca, "must", must_staple=True, urls=(responder.url,))
-    put_staple(ca, must, now=utcnow(), left=6 * DAY)
+    put_staple(ca, must, now=utcnow(), left=7 * DAY)  # not due (the 4-day cap)
     lost = make_cert(tmp_path, ca, "lost", urls=(responder.url,))
     config = tmp_path / "c.toml"
     config.write_text(f'[staple.must]\ncert = "{must.cert}"\n[staple.lost]\ncert = "{lost.cert}"\n')

@@ -297,7 +297,7 @@ def test_checked_digest_covers_what_the_checks_depend_on(st, monkeypatch):
         "default_validity": checked_digest(replace(st, default_validity=dt.timedelta(days=2)),
                                            Inputs(cert, issuer, None), staple),
     }
-    monkeypatch.setattr(refresh, "CHECKS_VERSION", b"ocspstaple checks 2")
+    monkeypatch.setattr(refresh, "CHECKS_VERSION", refresh.CHECKS_VERSION + b" next")
     changed["CHECKS_VERSION"] = checked_digest(st, Inputs(cert, issuer, None), staple)
     assert base not in changed.values()
     assert len(set(changed.values())) == len(changed), changed

@@ -329,7 +329,7 @@ def _certid_case(kind: str, ca: CA, leaf: Issued) -> bytes:
 
 
 @pytest.mark.parametrize("kind, written", [
-    ("sha256_certid", True),
+    ("sha256_certid", False),  # only a SHA-1 CertID (spec invariant 2; HAProxy staples no other)
     ("certid_of_another_issuer", False),
     ("ours_among_several", True),
     ("ours_unknown_among_good", False),

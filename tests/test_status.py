@@ -112,7 +112,8 @@ def test_table_cells(tmp_path: Path, ca: CA):
     assert good == {
         "CERTIFICATE": certs["good"].name, "STAPLE": str(certs["good"].output), "STATUS": "good",
         "THIS UPDATE": when(this), "NEXT UPDATE": when(nxt), "LEFT": "6d 0h",
-        "REFRESH DUE": when(this + (nxt - this) / 2), "MUST-STAPLE": "no", "LAST FAILURE": "-",
+        # the 4-day cap (--max-refresh-interval) comes before half of the 10-day window
+        "REFRESH DUE": when(this + 4 * DAY), "MUST-STAPLE": "no", "LAST FAILURE": "-",
     }
     assert got[certs["must"].name]["MUST-STAPLE"] == "yes"
     assert got[certs["must"].name]["STATUS"] == "good"
@@ -184,7 +185,8 @@ def test_json_schema_and_values(tmp_path: Path, ca: CA):
         "serial": None, "status": "good", "usable": True, "problem": None,
         "this_update": state.iso(now - 4 * DAY), "next_update": state.iso(now + 6 * DAY),
         "expires": state.iso(now + 6 * DAY), "seconds_left": int((6 * DAY).total_seconds()),
-        "refresh_due": state.iso(now + DAY), "revocation_time": None, "revocation_reason": None,
+        "refresh_due": state.iso(now),  # thisUpdate + the 4-day cap, before half of the 10-day window
+        "revocation_time": None, "revocation_reason": None,
         "signer": "the issuer", "must_staple": False, "last_attempt": state.iso(now - HOUR),
         "last_success": state.iso(now - 2 * HOUR), "failing_since": state.iso(now - HOUR),
         "consecutive_failures": 1, "last_error": "responder answered tryLater",
@@ -355,7 +357,7 @@ def test_failing_streak_then_success(site: Site, responder: Responder):
 
 def test_fresh_run_writes_no_record(tmp_path: Path, ca: CA, responder: Responder):
     c = make_cert(tmp_path, ca, "site", urls=(responder.url,))
-    put_staple(ca, c, now=utcnow(), left=6 * DAY)
+    put_staple(ca, c, now=utcnow(), left=7 * DAY)  # due in a day (the 4-day cap)
     responder.leaf = c.leaf
     run = refresh("--cert", c.cert)
     assert run.code == 0 and run.err == ""
@@ -451,7 +453,7 @@ def test_must_staple_failed_refresh_is_an_error(tmp_path: Path, ca: CA, responde
     now = utcnow()
     must = make_cert(tmp_path, ca, "must", must_staple=True, urls=(responder.url,))
     plain = make_cert(tmp_path, ca, "plain", urls=(responder.url,))
-    staples = {c.name: put_staple(ca, c, now=now, left=6 * DAY) for c in (must, plain)}
+    staples = {c.name: put_staple(ca, c, now=now, left=7 * DAY) for c in (must, plain)}
     responder.fault("tryLater")
 
     run = refresh("--cert", must.cert)  # not due: a must-staple certificate alone is no error
