@@ -77,7 +77,7 @@ def _lineage(d: Path, *, output_dir: Path, options: Options, force: bool) -> Sta
         return None
     st = staple_from_options(cert=cert, issuer=issuer, output=output_dir / f"{d.name}.der", url=None,
                              options=options, force=force)
-    return replace(st, name=str(d))
+    return replace(st, name=str(d), label=d.name)
 
 
 def renewed_lineage() -> Path | None:

@@ -12,6 +12,7 @@ import email.utils
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import urllib.parse
@@ -385,7 +386,15 @@ def _reason(e: BaseException) -> str:
             break
         seen.add(id(nxt))
         inner = nxt
-    text = str(inner) or type(inner).__name__
+    if isinstance(inner, OSError) and inner.strerror:
+        text = inner.strerror  # "Connection refused", not "[Errno 111] Connection refused"
+    else:
+        text = str(inner) or type(inner).__name__
     if ": " in text and text.startswith("<"):
         text = text.split(": ", 1)[1]
-    return text.splitlines()[0][:160]
+    text = _ERRNO.sub("", text)
+    return (text.splitlines() or [type(inner).__name__])[0][:160]
+
+
+#: The "[Errno 111] " that Python puts before an OSError's words
+_ERRNO = re.compile(r"\[Errno -?\d+\] ")
