@@ -243,11 +243,6 @@ class Threshold:
             return cls(fraction=pct / 100)
         return cls(fixed=parse_duration(text, what))
 
-    def __str__(self) -> str:
-        if self.fraction is not None:
-            return f"{self.fraction * 100:g}%"
-        return f"{(self.fixed or dt.timedelta()).total_seconds():g}s"
-
     def of(self, window: dt.timedelta) -> dt.timedelta:
         return self.fixed if self.fixed is not None else window * (self.fraction or 0)
 
@@ -262,7 +257,7 @@ def thresholds(*, warning: str, critical: str) -> tuple[Threshold, Threshold]:
     warn, crit = Threshold.parse(warning, "--warning"), Threshold.parse(critical, "--critical")
     if (warn.fraction is not None and crit.fraction is not None and warn.fraction <= crit.fraction) or (
             warn.fixed is not None and crit.fixed is not None and warn.fixed <= crit.fixed):
-        raise InputError(f"--warning {warn} must leave more than --critical {crit}: "
+        raise InputError(f"--warning {warning.strip()} must leave more than --critical {critical.strip()}: "
                          "a staple is to reach WARNING before CRITICAL")
     return warn, crit
 
