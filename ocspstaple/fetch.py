@@ -83,8 +83,10 @@ class Fetched:
         """Cache-Control max-age in seconds, if the responder gave one."""
         for part in self.headers.get("cache-control", "").split(","):
             name, _, value = part.strip().partition("=")
-            if name.lower() == "max-age" and value.strip().strip('"').isdigit():
-                return int(value.strip().strip('"'))
+            value = value.strip().strip('"')
+            # isascii: isdigit() is true for "²", which int() refuses
+            if name.lower() == "max-age" and value.isascii() and value.isdigit():
+                return int(value)
         return None
 
     @property
@@ -338,7 +340,7 @@ class HttpTransport:
             raise FetchError(f"cannot reach responder {_origin(url)}: {_reason(e)}") from None
         try:
             length = r.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_bytes:
                 raise FetchError(f"responder {_origin(url)} sent {length} bytes; the cap is {self.max_bytes}")
             data = bytearray()
             while True:

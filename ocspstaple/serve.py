@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -166,7 +167,8 @@ def _is_request(data: bytes) -> bool:
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 picks a free one."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    # isascii: isdigit() is true for "²", which int() refuses
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise InputError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8089")
     return host.strip("[]"), int(port)
 
@@ -181,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit()):
             self._plain(411, "Content-Length required")
             return
         if int(length) > MAX_REQUEST:
@@ -232,6 +234,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 class OcspServer(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # socketserver prints a traceback for an exception in a handler; one
+        # line instead (the traceback with -vv), and the server goes on.
+        e = sys.exc_info()[1]
+        log.error("internal error answering %s: %s: %s; please report", client_address, type(e).__name__, e,
+                  exc_info=True)
 
     def __init__(self, address: tuple[str, int], index: StapleIndex) -> None:
         if ":" in address[0]:

@@ -133,3 +133,39 @@ def test_the_documentation_names_70():
     for command in ("refresh", "status", "verify", "serve"):
         assert "70 internal error" in invoke(command, "--help").stdout, command
     assert "an internal error" in invoke("check", "--help").stdout
+
+
+def test_serve_answers_on_after_a_crash_in_one_request(monkeypatch, caplog):
+    import http.client
+    import threading
+
+    from ocspstaple.serve import OcspServer, StapleIndex
+    from ocspstaple.store import FileStore
+
+    server = OcspServer(("127.0.0.1", 0), StapleIndex([], store=FileStore(), clock=None))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def post() -> int:
+        c = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        try:
+            c.request("POST", "/", body=b"\x30\x00", headers={"Content-Type": "application/ocsp-request"})
+            return c.getresponse().status
+        except (http.client.HTTPException, OSError):
+            return 0  # the crashed request's connection is dropped
+        finally:
+            c.close()
+
+    try:
+        assert post() == 200  # twin: malformedRequest, answered
+        monkeypatch.setattr(StapleIndex, "answer", planted)
+        with caplog.at_level("ERROR", logger="ocspstaple"):
+            assert post() == 0
+        (record,) = [r for r in caplog.records if "internal error" in r.getMessage()]
+        assert record.getMessage().endswith("RuntimeError: planted; please report")
+        monkeypatch.undo()
+        assert post() == 200  # and the server answers on
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

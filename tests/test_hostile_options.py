@@ -40,7 +40,7 @@ HOSTILE = [
     "nan", "NaN", "inf", "-inf", "-0", "-0.0", "1e400", "-1e400", "0", "1e-300",
     "99999999999d", "1000000000d", "99999999999", "", " ", "x" * 10_000, "9" * 400,
     "a\nb", "\nnan", "a\x00b", "\x1b[31mred", "a\rb", "\u2028", "10%", "-5%", "nan%", "1e400%",
-    "http://127.0.0.1:1/\n", "127.0.0.1:99999999999999999999", "²",
+    "http://127.0.0.1:1/\n", "127.0.0.1:99999999999999999999", "²", "127.0.0.1:²", "[::1]:²",
 ]
 #: Characters that must never reach the terminal raw (str.splitlines() breaks on all but the first ones)
 RAW_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
