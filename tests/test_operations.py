@@ -212,3 +212,13 @@ def test_a_ca_certificate_alone_is_called_one(tmp_path: Path, ca: CA):
     leaf = write_pem(tmp_path / "leaf.pem", ca.issue("leaf.example.test"))
     (line,) = lines(invoke("refresh", "--cert", leaf).stderr)
     assert "holds no issuer certificate after the first; give --issuer" in line
+
+
+def test_errno_is_dropped_wherever_it_is_in_the_words():
+    from ocspstaple.fetch import _reason
+
+    # Not every chain ends in the OSError itself: urllib3 sometimes keeps only its words.
+    assert _reason(Exception("Failed to establish a new connection: [Errno 113] No route to host")) == \
+        "Failed to establish a new connection: No route to host"
+    assert _reason(ConnectionRefusedError(111, "Connection refused")) == "Connection refused"
+    assert _reason(Exception("[Errno x] not an errno")) == "[Errno x] not an errno"  # twin: only "[Errno N] "
