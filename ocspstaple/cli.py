@@ -513,9 +513,14 @@ def _metrics(staples: list[Any], outcomes: list[Any], records: _Records, run: An
     from ocspstaple.status import MetricStaple, metrics_text
     from ocspstaple.store import atomic_write
 
+    def cert(st: Any) -> Path | None:
+        if isinstance(st, Staple):
+            return st.cert
+        # A broken entry is named by its certificate's path, or as "[staple.NAME]" when it has none.
+        return None if st.name.startswith("[") else Path(st.name)
+
     metrics = [MetricStaple(name=o.name, output=o.output, staple=o.staple, must_staple=o.must_staple,
-                            record=records.of(o), cert=st.cert if isinstance(st, Staple) else None,
-                            label=st.label)
+                            record=records.of(o), cert=cert(st), label=st.label)
                for st, o in zip(staples, outcomes, strict=True)]
     text = metrics_text(metrics, duration_s=duration_s, ended=now, code=code)
     try:

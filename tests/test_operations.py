@@ -75,12 +75,14 @@ def test_metrics_staple_label_is_the_table_name(tmp_path: Path, ca: CA, refused_
     a = make_cert(tmp_path, ca, "a", urls=(refused_url,))
     (tmp_path / "c.toml").write_text(f'[staple.first]\ncert = "{a.cert}"\n'
                                      f'[staple.second]\ncert = "{a.cert}"\noutput = "b.ocsp"\n'
-                                     '[staple.broken]\ncert = "nowhere.pem"\ntimeout = "x"\n')
+                                     '[staple.broken]\ncert = "nowhere.pem"\ntimeout = "x"\n'
+                                     '[staple.nocert]\noutput = "x.ocsp"\n')
     prom = tmp_path / "m.prom"
-    invoke("refresh", "--config", tmp_path / "c.toml", "--metrics-file", prom)
+    invoke("refresh", "--config", "c.toml", "--metrics-file", prom, cwd=tmp_path)  # relative: made absolute
     m = parse_prometheus(prom.read_text())
     got = {s[0]["staple"]: s[0] for s in m.get("ocspstaple_consecutive_failures")}
-    assert sorted(got) == ["broken", "first", "second"]
+    assert sorted(got) == ["broken", "first", "nocert", "second"]
+    assert got["nocert"]["cert"] == "[staple.nocert]"
     assert got["first"]["cert"] == got["second"]["cert"] == str(a.cert)
     assert got["first"]["output"] != got["second"]["output"] == str(tmp_path / "b.ocsp")
     assert got["broken"]["cert"] == str(tmp_path / "nowhere.pem") and got["broken"]["output"] == ""
