@@ -80,7 +80,7 @@ def _lineage(d: Path, *, output_dir: Path, options: Options, force: bool) -> Sta
                                  options=options, force=force)
     except InputError as e:  # a lineage name that makes no usable output name
         return BadEntry(name=repr(str(d))[1:-1], reason=str(e))  # its newline escaped: one log line
-    return replace(st, name=str(d))
+    return replace(st, name=str(d), label=d.name)
 
 
 def renewed_lineage() -> Path | None:

@@ -55,12 +55,34 @@ def read_pem_bytes(path: Path) -> bytes:
 def parse_pem(data: bytes, *, name: str) -> list[x509.Certificate]:
     """Parse the CERTIFICATE blocks of PEM data."""
     if b"-----BEGIN CERTIFICATE-----" not in data:
+        if _is_der(data):
+            raise InputError(f"{name} holds no PEM certificate (it looks like DER: convert it with "
+                             f"`openssl x509 -inform der -in {name} -out {name}.pem`)")
         raise InputError(f"{name} holds no PEM certificate")
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise InputError(f"{name}: unparsable PEM certificate") from None
     return certs
+
+
+def _is_der(data: bytes) -> bool:
+    # Only on the error path: a DER certificate (a .der or .crt from a CA's
+    # web page) is the commonest "not PEM" file.
+    if not data.startswith(b"\x30"):
+        return False
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except (x509.ExtensionNotFound, ValueError):  # absent or unparsable: not a CA as far as we know
+        return False
 
 
 def load_pair(cert_path: Path, issuer_path: Path | None) -> Pair:
@@ -85,6 +107,10 @@ def pair_of(chain: list[x509.Certificate], issuers: list[x509.Certificate] | Non
         if found is not None:
             return Pair(cert=cert, issuer=found)
         if len(chain) == 1:
+            if _is_ca(cert):
+                # A CA's own certificate (often self-signed): more --issuer would not help.
+                raise InputError(f"{cert_path} holds a CA certificate ({describe(cert)}), not a server "
+                                 "certificate: staples are for the certificate a TLS server presents")
             raise InputError(f"{cert_path} holds no issuer certificate after the first; give --issuer")
         issuer = chain[1]  # for the error message below
     check_issued_by(cert, issuer)

@@ -9,13 +9,23 @@ import gc
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
 
 import click
 
 from ocspstaple import __version__
+from ocspstaple.text import one_line, plugin_text
+
+if TYPE_CHECKING:
+    import datetime as dt
 
 EXIT_OK, EXIT_KEPT, EXIT_BAD = 0, 1, 2
+#: An internal error (a bug, an exception nobody expected): sysexits.h's
+#: EX_SOFTWARE, so that a crash never looks like 1 ("kept"), which the
+#: systemd unit counts as success.
+EXIT_INTERNAL = 70
+#: check's UNKNOWN (Monitoring Plugins), also for its usage and internal errors
+PLUGIN_UNKNOWN = 3
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,6 +36,10 @@ class _Formatter(logging.Formatter):
     def __init__(self, debug: bool) -> None:
         super().__init__("%(message)s")
         self.debug = debug
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's naming)
+        # A file name may hold a newline or an escape sequence: still one line.
+        return one_line(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         if not self.debug:
@@ -48,17 +62,148 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _one_line_usage(e: click.UsageError) -> click.UsageError:
+    """click's usage error as one line: click prints the usage and a hint
+    on lines of their own; the hint goes to the end of the one line."""
+    if e.ctx is None or isinstance(e, click.exceptions.NoArgsIsHelpError):
+        return e
+    short = click.UsageError(one_line(f"{e.format_message()} (see '{e.ctx.command_path} --help')"))
+    short.exit_code = e.exit_code  # type: ignore[misc]
+    return short
+
+
+class _OneLineErrors:
+    """For click's commands and groups: errors are one line each; a usage
+    error exits 2, an internal error (any exception nobody expected)
+    EXIT_INTERNAL."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc, no-any-return]
+        except click.UsageError as e:
+            self.usage_error(ctx, _one_line_usage(e))
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # a bug in an option's conversion
+            self.internal_error(ctx, e)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except click.UsageError as e:
+            self.usage_error(ctx, _one_line_usage(e))
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:
+            self.internal_error(ctx, e)
+
+    def usage_error(self, ctx: click.Context, e: click.UsageError) -> NoReturn:
+        raise e
+
+    def internal_error(self, ctx: click.Context, e: Exception) -> NoReturn:
+        _say_internal(e)
+        ctx.exit(EXIT_INTERNAL)
+
+
+class _Command(_OneLineErrors, click.Command):
+    pass
+
+
+def _internal_words(e: Exception) -> str:
+    return one_line(f"internal error: {type(e).__name__}: {e}; please report")
+
+
+def _say_internal(e: Exception) -> None:
+    """One line on stderr; the traceback too with -vv."""
+    if logging.getLogger("ocspstaple").isEnabledFor(logging.DEBUG):
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
+    click.echo(_internal_words(e), err=True)
+
+
+class _Group(_OneLineErrors, click.Group):
+    command_class = _Command
+
+
+class _PathType(click.Path):
+    """click.Path, refusing a NUL (which no file name holds: os.stat raises ValueError)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "\0" in value:
+            self.fail("a path cannot hold a NUL character", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any, Any]  # generic from click 8.3; not subscriptable before
+else:
+    _ParamType = click.ParamType
+
+
+class _Checked(_ParamType):
+    """A number or a duration, checked by the same function as the config
+    file's value: the command line and the file refuse the same values (nan,
+    inf, -0, 1e400, 99999999999d) with the same words."""
+
+    def __init__(self, check: str, metavar: str, *, whole: bool = False, duration: bool = False) -> None:
+        self.name = metavar.lower()
+        self.check, self.metavar, self.whole, self.duration = check, metavar, whole, duration
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.metavar
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ocspstaple import config
+        from ocspstaple.errors import InputError
+
+        if not isinstance(value, str):
+            return value  # a default, already of its type
+        what = param.opts[-1] if param is not None and param.opts else self.metavar
+        try:
+            checked = getattr(config, self.check)
+            if self.duration:
+                return checked(value, what)
+            return checked(config.number_text(value, what, whole=self.whole), what)
+        except InputError as e:
+            raise click.UsageError(str(e), ctx) from None
+
+
+_SECONDS = _Checked("check_timeout", "SECONDS")
+_FRACTION = _Checked("check_fraction", "FRACTION")
+_JOBS = _Checked("check_jobs", "N", whole=True)
+_DURATION = _Checked("parse_duration", "DURATION", duration=True)
+_INTERVAL = _Checked("check_max_refresh_interval", "DURATION", duration=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ocspstaple")
 def main() -> None:
     """Fetch, validate and atomically write OCSP stapling files for nginx,
     HAProxy and Apache httpd. A staple is never replaced by anything worse."""
 
 
-def _duration(value: Any) -> Any:
-    from ocspstaple.config import parse_duration
+def _verdict_options(*, refresh_at: bool) -> Callable[[F], F]:
+    """The options that bear on a staple's verdict, the same for every
+    command that judges staples (refresh, status, check, serve, verify)."""
+    options = [click.option(
+        "--default-validity", type=_DURATION, default=None,
+        help="How long a response without nextUpdate counts as valid (e.g. 12h, 1d; at most 3650d). "
+             "Default: 1d.")]
+    if refresh_at:
+        options[:0] = [click.option(
+            "--refresh-at", type=_FRACTION, default=None,
+            help="Fetch once this fraction of the staple's validity has passed (between 0 and 1). Default: 0.5."),
+            click.option(
+            "--max-refresh-interval", type=_INTERVAL, default=None,
+            help="Fetch no later than this after the staple's thisUpdate, whatever its nextUpdate says "
+                 "(1h to 365d, e.g. 2d, 36h). Default: 4d.")]
 
-    return parse_duration(value, "--default-validity")
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
 
 
 #: the years --at accepts: a moment every time computation around it can represent
@@ -99,24 +244,24 @@ def _parse_at(text: str, *, now: Any) -> Any:
 def _staple_inputs(*, with_url: bool) -> Callable[[F], F]:
     """The options that say which staples a command works on (refresh, serve)."""
     options = [
-        click.option("--cert", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--cert", type=_PathType(path_type=Path, dir_okay=False),
                      help="Certificate (PEM); its issuer may follow it in the same file."),
-        click.option("--issuer", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--issuer", type=_PathType(path_type=Path, dir_okay=False),
                      help="Issuer certificate (PEM). Default: the certificate in CERT that signed it."),
-        click.option("--output", type=click.Path(path_type=Path),
+        click.option("--output", type=_PathType(path_type=Path),
                      help="Stapling file (DER). Default: CERT.ocsp. Its directory must be writable by no user "
                           "but root (or you); a symlink to it is followed only if root (or you) made it."),
-        click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--config", "config_path", type=_PathType(path_type=Path, dir_okay=False),
                      help="TOML file listing many certificates (instead of --cert)."),
-        click.option("--scan", "scan_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+        click.option("--scan", "scan_dirs", multiple=True, type=_PathType(path_type=Path, file_okay=False),
                      help="Directory of combined PEMs (HAProxy): each *.pem with its issuer inside gets "
                           "*.pem.ocsp. Only files owned by root (or you), in a directory no other user can "
                           "write. Repeatable."),
-        click.option("--certbot-dir", type=click.Path(path_type=Path, file_okay=False), is_flag=False,
+        click.option("--certbot-dir", type=_PathType(path_type=Path, file_okay=False), is_flag=False,
                      flag_value="/etc/letsencrypt", default=None, metavar="[DIR]",
                      help="certbot's config directory: every lineage in DIR/live is a staple, written to "
                           "--output-dir as NAME.der. DIR defaults to /etc/letsencrypt."),
-        click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False),
+        click.option("--output-dir", type=_PathType(path_type=Path, file_okay=False),
                      help="With --certbot-dir: where the NAME.der staples go."),
         click.option("--cert-name", "cert_names", multiple=True, metavar="NAME",
                      help="With --certbot-dir: only this lineage. Repeatable."),
@@ -132,7 +277,7 @@ def _staple_inputs(*, with_url: bool) -> Callable[[F], F]:
 
 
 _state_dir_option = click.option(
-    "--state-dir", type=click.Path(path_type=Path, file_okay=False),
+    "--state-dir", type=_PathType(path_type=Path, file_okay=False),
     help="Directory for the records of the last attempts. Default: beside each staple (.NAME.state.json).")
 
 
@@ -195,19 +340,13 @@ def _fail_input(e: Exception) -> NoReturn:
 @main.command()
 @_staple_inputs(with_url=True)
 @click.option("--force", is_flag=True, help="Fetch even if the staple is not due yet.")
-@click.option("--timeout", type=click.FloatRange(0, 3600, min_open=True), default=None,
-              help="Total seconds allowed for one request to the responder. Default: 10.")
+@click.option("--timeout", type=_SECONDS, default=None,
+              help="Total seconds allowed for one request to the responder (at most 3600). Default: 10.")
 @click.option("--proxy", help="HTTP proxy URL. Default: HTTP_PROXY/http_proxy from the environment.")
-@click.option("--refresh-at", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Fetch once this fraction of the staple's validity has passed. Default: 0.5.")
-@click.option("--max-refresh-interval", default=None, metavar="DURATION",
-              help="Fetch no later than this after the staple's thisUpdate, whatever its nextUpdate says "
-                   "(1h to 365d, e.g. 2d, 36h). Default: 4d.")
-@click.option("--default-validity", default=None, metavar="DURATION",
-              help="How long a response without nextUpdate counts as valid (e.g. 12h, 1d). Default: 1d.")
-@click.option("--lock-timeout", type=click.FloatRange(0, 3600, min_open=True), default=None,
-              help="Seconds to wait for another run holding the output's lock. Default: 60.")
-@click.option("--jobs", type=click.IntRange(1, 256), default=None,
+@_verdict_options(refresh_at=True)
+@click.option("--lock-timeout", type=_SECONDS, default=None,
+              help="Seconds to wait for another run holding the output's lock (at most 3600). Default: 60.")
+@click.option("--jobs", type=_JOBS, default=None,
               help="Certificates refreshed at once. Default: 16. No responder host gets more than 8 requests "
                    "at a time, whatever --jobs says.")
 @click.option("--haproxy-socket", metavar="SOCKET",
@@ -215,12 +354,12 @@ def _fail_input(e: Exception) -> NoReturn:
 @click.option("--deploy-hook", metavar="CMD",
               help="Shell command run once after a run that changed a staple (e.g. 'systemctl reload nginx'); "
                    "the changed files are in $OCSPSTAPLE_CHANGED.")
-@click.option("--hook-timeout", type=click.FloatRange(0, 3600, min_open=True), default=None,
-              help="Seconds the deploy hook may take before it is stopped. Default: 60.")
+@click.option("--hook-timeout", type=_SECONDS, default=None,
+              help="Seconds the deploy hook may take before it is stopped (at most 3600). Default: 60.")
 @click.option("--nginx-test", is_flag=False, flag_value="nginx -t -q", default=None, metavar="[CMD]",
               help="Run CMD (default: nginx -t -q) before the deploy hook; if it fails, skip the hook and say so.")
 @_state_dir_option
-@click.option("--metrics-file", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--metrics-file", type=_PathType(path_type=Path, dir_okay=False),
               help="Write Prometheus metrics (node_exporter textfile format) here after the run.")
 @click.option("-v", "--verbose", count=True, help="Say what happened to every certificate (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only, not kept-staple warnings.")
@@ -229,8 +368,8 @@ def refresh(
     timeout: float | None,
     proxy: str | None,
     refresh_at: float | None,
-    max_refresh_interval: str | None,
-    default_validity: str | None,
+    max_refresh_interval: dt.timedelta | None,
+    default_validity: dt.timedelta | None,
     lock_timeout: float | None,
     jobs: int | None,
     haproxy_socket: str | None,
@@ -252,18 +391,18 @@ def refresh(
       1  some refresh failed, but the previous staple is kept and still valid;
          or a written staple could not be pushed to HAProxy, or the deploy hook failed
       2  some staple is missing, expired or revoked, or the input was bad
+      70 internal error (a bug: please report it); staples are left as they were
     """
     _setup_logging(verbose, quiet)
 
     from ocspstaple.certbot import renewed_lineage
-    from ocspstaple.config import Options, RunSettings, check_files, check_max_refresh_interval
+    from ocspstaple.config import Options, RunSettings, check_files
     from ocspstaple.errors import InputError
 
     try:
-        validity = _duration(default_validity) if default_validity is not None else None
-        interval = None if max_refresh_interval is None else check_max_refresh_interval(max_refresh_interval)
-        options = Options(timeout=timeout, proxy=proxy, refresh_at=refresh_at, max_refresh_interval=interval,
-                          default_validity=validity, lock_timeout=lock_timeout, haproxy_socket=haproxy_socket)
+        options = Options(timeout=timeout, proxy=proxy, refresh_at=refresh_at,
+                          max_refresh_interval=max_refresh_interval, default_validity=default_validity,
+                          lock_timeout=lock_timeout, haproxy_socket=haproxy_socket)
         staples, from_file = _gather(inputs, options=options, force=force, renewed=renewed_lineage())
     except InputError as e:
         _fail_input(e)
@@ -361,7 +500,7 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
             log.error("%s; the %d changed staple(s) are written: %s", e, len(changed),
                       ", ".join(map(str, changed)))
             code = max(code, EXIT_KEPT)
-    _metrics(outcomes, records, run, clock(), code=code, duration_s=time.monotonic() - started)
+    _metrics(staples, outcomes, records, run, clock(), code=code, duration_s=time.monotonic() - started)
     store.close()
     return code
 
@@ -420,16 +559,25 @@ class _Records:
         return state.load(st.output, self._run.state_dir, dirs=self._dirs) if st is not None else state.Record()
 
 
-def _metrics(outcomes: list[Any], records: _Records, run: Any, now: Any, *, code: int, duration_s: float) -> None:
+def _metrics(staples: list[Any], outcomes: list[Any], records: _Records, run: Any, now: Any, *, code: int,
+             duration_s: float) -> None:
     """Write the metrics file, if asked for."""
     if run.metrics_file is None:
         return
+    from ocspstaple.config import Staple
     from ocspstaple.errors import StoreError
     from ocspstaple.status import MetricStaple, metrics_text
     from ocspstaple.store import atomic_write
 
+    def cert(st: Any) -> Path | None:
+        if isinstance(st, Staple):
+            return st.cert
+        # A broken entry is named by its certificate's path, or as "[staple.NAME]" when it has none.
+        return None if st.name.startswith("[") else Path(st.name)
+
     metrics = [MetricStaple(name=o.name, output=o.output, staple=o.staple, must_staple=o.must_staple,
-                            record=records.of(o), refresh_due=records.refresh_due(o)) for o in outcomes]
+                            record=records.of(o), refresh_due=records.refresh_due(o), cert=cert(st), label=st.label)
+               for st, o in zip(staples, outcomes, strict=True)]
     text = metrics_text(metrics, duration_s=duration_s, ended=now, code=code)
     try:
         atomic_write(run.metrics_file, text.encode())
@@ -441,11 +589,10 @@ def _metrics(outcomes: list[Any], records: _Records, run: Any, now: Any, *, code
 @_staple_inputs(with_url=False)
 @click.option("--listen", default="127.0.0.1:8089", show_default=True, metavar="HOST:PORT",
               help="Address to answer OCSP requests on (port 0: any free port).")
-@click.option("--default-validity", default=None, metavar="DURATION",
-              help="How long a response without nextUpdate counts as valid. Default: 1d.")
+@_verdict_options(refresh_at=False)
 @click.option("-v", "--verbose", count=True, help="Log every certificate loaded (-vv: every request).")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
-def serve(listen: str, default_validity: str | None, verbose: int, quiet: bool, **inputs: Any) -> None:
+def serve(listen: str, default_validity: dt.timedelta | None, verbose: int, quiet: bool, **inputs: Any) -> None:
     """Answer OCSP requests from the stapling files, for httpd's SSLStaplingForceURL.
 
     Serves the validated staple for each certificate that refresh keeps
@@ -453,6 +600,12 @@ def serve(listen: str, default_validity: str | None, verbose: int, quiet: bool, 
     changes; tryLater when there is no valid staple, unauthorized for a
     certificate it does not hold. It never contacts the CA. Runs until
     SIGTERM or SIGINT.
+
+    \b
+    Exit status:
+      0  stopped by SIGTERM or SIGINT
+      2  nothing to serve, the address cannot be had, or the input was bad
+      70 internal error (a bug: please report it)
     """
     _setup_logging(verbose, quiet)
 
@@ -466,8 +619,7 @@ def serve(listen: str, default_validity: str | None, verbose: int, quiet: bool, 
 
     log = logging.getLogger("ocspstaple.cli")
     try:
-        validity = _duration(default_validity) if default_validity is not None else None
-        staples, _ = _gather(inputs, options=Options(default_validity=validity), force=False)
+        staples, _ = _gather(inputs, options=Options(default_validity=default_validity), force=False)
     except InputError as e:
         _fail_input(e)
     bad = [st for st in staples if not isinstance(st, Staple)]
@@ -504,40 +656,60 @@ def serve(listen: str, default_validity: str | None, verbose: int, quiet: bool, 
         server.server_close()
 
 
-def _examine(inputs: dict[str, Any], state_dir: Path | None) -> list[Any]:
-    """The rows of status and check (InputError when the inputs are unusable)."""
+def _examine(inputs: dict[str, Any], state_dir: Path | None, options: Any) -> list[Any]:
+    """The rows of status and check (InputError when the inputs are unusable).
+
+    ``options``: the staple settings given on the command line, as refresh
+    takes them, so that both judge a staple as refresh does.
+    """
     import datetime as dt
 
-    from ocspstaple.config import Options
+    from ocspstaple.errors import InputError
     from ocspstaple.status import examine
     from ocspstaple.store import FileStore
 
-    staples, run = _gather(inputs, options=Options(), force=False)
-    return examine(staples, store=FileStore(), clock=lambda: dt.datetime.now(dt.timezone.utc),
-                   state_dir=state_dir if state_dir is not None else run.state_dir)
+    staples, run = _gather(inputs, options=options, force=False)
+    state_dir = state_dir if state_dir is not None else run.state_dir
+    # refresh creates the directory; status and check only read it, and a
+    # mistyped one would show every staple as never attempted, in silence.
+    if state_dir is not None:
+        try:
+            found = state_dir.is_dir()
+        except OSError as e:  # a name too long, a loop of links
+            raise InputError(f"state directory {state_dir}: {e.strerror or e}") from None
+        if not found:
+            raise InputError(f"state directory {state_dir} does not exist or is not a directory "
+                             "(refresh creates it on its first run)")
+    return examine(staples, store=FileStore(), clock=lambda: dt.datetime.now(dt.timezone.utc), state_dir=state_dir)
 
 
 @main.command()
 @_staple_inputs(with_url=False)
+@_verdict_options(refresh_at=True)
 @_state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="A JSON array instead of the table (times in ISO 8601 UTC).")
-def status(state_dir: Path | None, as_json: bool, **inputs: Any) -> None:
+def status(refresh_at: float | None, max_refresh_interval: dt.timedelta | None, default_validity: dt.timedelta | None,
+           state_dir: Path | None, as_json: bool, **inputs: Any) -> None:
     """Show where every staple stands: status, times, time left, next refresh,
     must-staple, and the last failure with its reason. Fetches nothing.
+    Give the same options and config as refresh.
 
     \b
     Exit status:
       0  every staple is valid and good
       2  some staple is missing, expired or revoked, or the input was bad
+      70 internal error (a bug: please report it)
     """
     import datetime as dt
 
+    from ocspstaple.config import Options
     from ocspstaple.errors import InputError
     from ocspstaple.status import format_table, table, to_json
 
     _setup_logging(0, False)
     try:
-        rows = _examine(inputs, state_dir)
+        rows = _examine(inputs, state_dir, Options(refresh_at=refresh_at, max_refresh_interval=max_refresh_interval,
+                                                   default_validity=default_validity))
     except InputError as e:
         _fail_input(e)
     now = dt.datetime.now(dt.timezone.utc)
@@ -555,71 +727,79 @@ def status(state_dir: Path | None, as_json: bool, **inputs: Any) -> None:
     sys.exit(EXIT_OK if fine else EXIT_BAD)
 
 
-class _PluginCommand(click.Command):
-    """A monitoring plugin: a usage error is UNKNOWN (3), not click's 2."""
+def _unknown(text: str) -> NoReturn:
+    """check's UNKNOWN: its one line on stdout, where the monitoring system reads it."""
+    click.echo(plugin_text(f"OCSPSTAPLE UNKNOWN - {text}"))
+    sys.exit(PLUGIN_UNKNOWN)
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            click.echo(f"OCSPSTAPLE UNKNOWN - {e.format_message()}")
-            ctx.exit(3)
+
+class _PluginCommand(_Command):
+    """A monitoring plugin: a usage or internal error is UNKNOWN (3), one line on stdout."""
+
+    def usage_error(self, ctx: click.Context, e: click.UsageError) -> NoReturn:
+        _unknown(e.format_message())
+
+    def internal_error(self, ctx: click.Context, e: Exception) -> NoReturn:
+        if logging.getLogger("ocspstaple").isEnabledFor(logging.DEBUG):
+            _say_internal(e)
+        _unknown(_internal_words(e))
 
 
 @main.command(cls=_PluginCommand)
 @_staple_inputs(with_url=False)
+@_verdict_options(refresh_at=True)
 @_state_dir_option
-@click.option("--warning", default="40%", show_default=True, metavar="LEFT",
+@click.option("-w", "--warning", default="40%", show_default=True, metavar="LEFT",
               help="WARNING when a staple has less than this left: a share of its validity window (40%) "
                    "or a duration (36h).")
-@click.option("--critical", default="20%", show_default=True, metavar="LEFT",
-              help="CRITICAL when a staple has less than this left (share or duration).")
-@click.option("--max-failing", default="6h", show_default=True, metavar="DURATION",
+@click.option("-c", "--critical", default="20%", show_default=True, metavar="LEFT",
+              help="CRITICAL when a staple has less than this left (share or duration); less than --warning.")
+@click.option("--max-failing", type=_DURATION, default="6h", show_default=True,
               help="WARNING when refreshes have failed for longer than this.")
-def check(state_dir: Path | None, warning: str, critical: str, max_failing: str, **inputs: Any) -> None:
+def check(refresh_at: float | None, max_refresh_interval: dt.timedelta | None,
+          default_validity: dt.timedelta | None, state_dir: Path | None, warning: str, critical: str,
+          max_failing: dt.timedelta, **inputs: Any) -> None:
     """Monitoring plugin (Nagios/Icinga conventions): one status line with
     perfdata. CRITICAL when a staple is missing, expired or revoked, or has
     less than --critical left (or less than --warning, for a must-staple
     certificate); WARNING when it has less than --warning left or refreshes
-    have failed for longer than --max-failing.
+    have failed for longer than --max-failing. Give the same config as refresh.
 
     \b
-    Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for a usage
+    error, a config error and an internal error).
     """
     import datetime as dt
 
-    from ocspstaple.config import parse_duration
+    from ocspstaple.config import Options
     from ocspstaple.errors import InputError
-    from ocspstaple.status import Threshold, check_line
+    from ocspstaple.status import check_line, thresholds
 
     _setup_logging(0, True)
     try:
-        warn = Threshold.parse(warning, "--warning")
-        crit = Threshold.parse(critical, "--critical")
-        failing = parse_duration(max_failing, "--max-failing")
-        rows = _examine(inputs, state_dir)
-    except (InputError, click.UsageError) as e:
-        click.echo(f"OCSPSTAPLE UNKNOWN - {e.format_message() if isinstance(e, click.UsageError) else e}")
-        sys.exit(3)
+        warn, crit = thresholds(warning=warning, critical=critical)
+        rows = _examine(inputs, state_dir, Options(refresh_at=refresh_at, max_refresh_interval=max_refresh_interval,
+                                                   default_validity=default_validity))
+    except InputError as e:
+        _unknown(str(e))
     state, line = check_line(rows, dt.datetime.now(dt.timezone.utc), warning=warn, critical=crit,
-                             max_failing=failing)
+                             max_failing=max_failing)
     click.echo(line)
     sys.exit(int(state))
 
 
 @main.command()
-@click.argument("staple_file", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--cert", type=click.Path(path_type=Path, dir_okay=False), required=True,
+@click.argument("staple_file", metavar="FILE", type=_PathType(path_type=Path, dir_okay=False))
+@click.option("--cert", type=_PathType(path_type=Path, dir_okay=False), required=True,
               help="Certificate (PEM) the staple should be for.")
-@click.option("--issuer", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--issuer", type=_PathType(path_type=Path, dir_okay=False),
               help="Issuer certificate (PEM). Default: the certificate in CERT that signed it.")
-@click.option("--default-validity", default=None, metavar="DURATION",
-              help="How long a response without nextUpdate counts as valid. Default: 1d.")
+@_verdict_options(refresh_at=False)
 @click.option("--at", "at", default=None, metavar="TIME",
               help="Judge the staple at this moment instead of now: ISO 8601 such as 2026-11-29T09:00:00Z, "
                    "2026-11-29T10:00:00+01:00 or 2026-11-29 (midnight UTC); a time without an offset is UTC; "
                    "'now'.")
-def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity: str | None,
+def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity: dt.timedelta | None,
            at: str | None) -> None:
     """Validate an existing stapling FILE with the same rules as refresh, and
     print what it says (status, times, signer). With --at, judge it at
@@ -630,6 +810,7 @@ def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity:
     Exit status:
       0  valid, and the certificate is good
       2  not valid (the reason is printed), or valid and revoked
+      70 internal error (a bug: please report it)
     """
     import datetime as dt
 
@@ -646,7 +827,7 @@ def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity:
     except InputError as e:
         _fail_input(e)
     try:
-        validity = _duration(default_validity) if default_validity is not None else DEFAULT_VALIDITY
+        validity = default_validity if default_validity is not None else DEFAULT_VALIDITY
         pair = load_pair(cert, issuer)
         data = read_staple(staple_file)
     except (InputError, StoreError) as e:

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 from ocspstaple.errors import ConfigError, InputError
 from ocspstaple.store import read_file
+from ocspstaple.text import shown
 from ocspstaple.urls import check_url
 
 DEFAULT_TIMEOUT = 10.0
@@ -63,6 +64,8 @@ class Staple:
     """Everything needed to refresh one stapling file."""
 
     name: str
+    #: the config's table name ([staple.NAME]), or the certbot lineage's; "" when none
+    label: str = ""
     cert: Path
     issuer: Path | None = None
     output: Path
@@ -112,6 +115,8 @@ class BadEntry:
 
     name: str
     reason: str
+    #: as Staple.label
+    label: str = ""
 
 
 def staple_from_options(
@@ -125,7 +130,8 @@ def staple_from_options(
 ) -> Staple:
     """The single staple of ``refresh --cert ...``."""
     _check_cli(options)
-    out = check_output_name(output if output is not None else Path(str(cert) + ".ocsp"), str(cert))
+    out = check_output_name(_file(output, "--output") if output is not None else Path(str(cert) + ".ocsp"),
+                            str(cert))
     base = Staple(name=str(cert), cert=cert, issuer=issuer, output=out,
                   urls=(url,) if url else (), force=force)
     return _with_options(base, options)
@@ -137,6 +143,14 @@ def _check_cli(options: Options) -> None:
         check_url(options.proxy, "--proxy")
     if options.haproxy_socket is not None:
         check_socket(options.haproxy_socket, "--haproxy-socket")
+
+
+def _file(path: Path, what: str) -> Path:
+    """An output path that can name a file: "." or "/" cannot (the lock and
+    temp files are named after the output's name)."""
+    if path.name in ("", ".", ".."):
+        raise InputError(f"{what} {path}: names a directory, not a file")
+    return path
 
 
 def check_socket(value: str, what: str) -> str:
@@ -155,25 +169,38 @@ def _given(options: Options) -> dict[str, Any]:
     return {k: v for k, v in vars(options).items() if v is not None}
 
 
+#: The longest duration accepted anywhere (--default-validity, check's
+#: thresholds and --max-failing, the config file): far beyond any OCSP
+#: response's window, and far inside what datetime can add to today
+#: (99999999999d overflowed it with a traceback).
+MAX_DURATION = dt.timedelta(days=3650)
+#: The longest wait accepted (--timeout, --lock-timeout, --hook-timeout)
+MAX_SECONDS = 3600
+MAX_JOBS = 256
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def parse_duration(value: object, what: str) -> dt.timedelta:
-    """A duration: seconds as a number, or a string such as ``90s``, ``30m``, ``36h``, ``1d``."""
-    if isinstance(value, bool):
-        raise InputError(f"{what}: expected a duration, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+    """A duration: seconds as a number, or a string such as ``90s``, ``30m``,
+    ``36h``, ``1d``; positive and at most MAX_DURATION.
+
+    The command line and the config file both come here, so they accept and
+    refuse the same durations with the same words.
+    """
+    if isinstance(value, str):
+        # ASCII digits only: str.isdigit() and \d take other scripts' digits too.
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", value, re.ASCII)
         if not m:
-            raise InputError(f"{what}: {value!r} is not a duration such as 90s, 30m, 36h or 1d")
-        seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+            raise InputError(f"{what}: {shown(value)} is not a duration such as 90s, 30m, 36h or 1d")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]  # a huge number of digits is inf, not an error
     else:
-        raise InputError(f"{what}: expected a duration, got {value!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise InputError(f"{what}: must be a positive number of seconds, got {value!r}")
-    try:
-        return dt.timedelta(seconds=seconds)
-    except OverflowError:
-        raise InputError(f"{what}: {value!r} is too long") from None
+        seconds = _finite(value, what)
+    if not seconds > 0:
+        raise InputError(f"{what}: must be positive, got {shown(value)}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise InputError(f"{what}: {shown(value)} is longer than {MAX_DURATION.days}d")
+    return dt.timedelta(seconds=seconds)
 
 
 def check_max_refresh_interval(value: object, what: str = "--max-refresh-interval") -> dt.timedelta:
@@ -181,58 +208,87 @@ def check_max_refresh_interval(value: object, what: str = "--max-refresh-interva
     interval = parse_duration(value, what)
     low, high = MAX_REFRESH_INTERVAL_RANGE
     if not low <= interval <= high:
-        raise InputError(f"{what}: {value!r} must be from 1h to 365d")
+        raise InputError(f"{what}: {shown(value)} must be from 1h to 365d")
     return interval
 
 
-def check_fraction(value: float, what: str = "refresh-at") -> float:
-    if not 0.0 < value < 1.0:
-        raise InputError(f"{what} must be between 0 and 1 (exclusive), got {value}")
+def _finite(value: object, what: str) -> float:
+    """A finite number from the config file (an int or a float, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{what}: expected a number, got {shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise InputError(f"{what}: expected a finite number, got {shown(value)}")
+    return number
+
+
+def number_text(text: str, what: str, *, whole: bool = False) -> int | float:
+    """A number from the command line, for the same checks as the config
+    file's: ``nan``, ``inf`` or ``1e400`` are refused by those checks, not
+    taken as numbers of their own kind."""
+    try:
+        return int(text, 10) if whole else float(text)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise InputError(f"{what}: expected {kind}, got {shown(text)}") from None
+
+
+def check_fraction(value: object, what: str = "refresh-at") -> float:
+    """A fraction strictly between 0 and 1 (--refresh-at, refresh_at)."""
+    number = _finite(value, what)
+    if not 0.0 < number < 1.0:
+        raise InputError(f"{what}: must be between 0 and 1 (exclusive), got {shown(value)}")
+    return number
+
+
+def check_timeout(value: object, what: str = "timeout") -> float:
+    """Seconds to wait: more than 0, at most MAX_SECONDS."""
+    number = _finite(value, what)
+    if not 0.0 < number <= MAX_SECONDS:
+        raise InputError(f"{what}: must be between 0 and {MAX_SECONDS} seconds, got {shown(value)}")
+    return number
+
+
+def check_jobs(value: object, what: str) -> int:
+    """How many staples at once: a whole number from 1 to MAX_JOBS."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_JOBS:
+        raise InputError(f"{what}: expected a whole number from 1 to {MAX_JOBS}, got {shown(value)}")
     return value
-
-
-def check_timeout(value: float, what: str = "timeout") -> float:
-    if not 0.0 < value <= 3600:
-        raise InputError(f"{what} must be between 0 and 3600 seconds, got {value}")
-    return value
-
-
-# key -> (converter(value, where) -> converted)
-def _num(check: Any) -> Any:
-    def conv(v: object, where: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise InputError(f"{where}: expected a number, got {v!r}")
-        return check(float(v), where)  # type: ignore[no-any-return]
-    return conv
 
 
 def _str(v: object, where: str) -> str:
     if not isinstance(v, str) or not v:
-        raise InputError(f"{where}: expected a non-empty string, got {v!r}")
+        raise InputError(f"{where}: expected a non-empty string, got {shown(v)}")
     return v
 
 
-def check_jobs(v: object, where: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
-        raise InputError(f"{where}: expected a whole number from 1 to 256, got {v!r}")
-    return v
+def _path(v: object, where: str) -> str:
+    """A path's text; no file name holds a NUL (Python would raise ValueError at its first use)."""
+    text = _str(v, where)
+    if "\0" in text:
+        raise InputError(f"{where}: a path cannot hold a NUL character, got {shown(v)}")
+    return text
 
 
+# key -> (converter(value, where) -> converted)
 _OPTION_KEYS: Mapping[str, Any] = {
-    "timeout": _num(check_timeout),
+    "timeout": check_timeout,
     "proxy": lambda v, where: check_url(_str(v, where), where),
-    "refresh_at": _num(check_fraction),
+    "refresh_at": check_fraction,
     "max_refresh_interval": check_max_refresh_interval,
     "default_validity": parse_duration,
-    "lock_timeout": _num(check_timeout),
+    "lock_timeout": check_timeout,
     "haproxy_socket": lambda v, where: check_socket(_str(v, where), where),
 }
 _RUN_KEYS: Mapping[str, Any] = {
     "deploy_hook": _str,
-    "hook_timeout": _num(check_timeout),
+    "hook_timeout": check_timeout,
     "jobs": check_jobs,
-    "state_dir": lambda v, where: Path(_str(v, where)),
-    "metrics_file": lambda v, where: Path(_str(v, where)),
+    "state_dir": lambda v, where: Path(_path(v, where)),
+    "metrics_file": lambda v, where: Path(_path(v, where)),
     "nginx_test": lambda v, where: NGINX_TEST if v is True else (None if v is False else _str(v, where)),
 }
 _STAPLE_KEYS = {"cert", "issuer", "output", "url"}
@@ -291,7 +347,7 @@ def read_config(path: Path, *, cli: Options, force: bool) -> Config:
             # Name the certificate when the table says which one it is.
             cert = table.get("cert") if isinstance(table, dict) else None
             label = str(root / cert) if isinstance(cert, str) and cert else f"[staple.{name}]"
-            out.append(BadEntry(name=label, reason=str(e)))
+            out.append(BadEntry(name=label, reason=str(e), label=name))
     return Config(staples=out, run=run)
 
 
@@ -326,9 +382,10 @@ def _staple(
     opts = _options(table, where, allowed=_STAPLE_KEYS) if table.keys() - _STAPLE_KEYS else None
     if "cert" not in table:
         raise InputError(f"{where}: missing key cert")
-    cert = root / _str(table["cert"], f"{where} cert")
-    issuer = root / _str(table["issuer"], f"{where} issuer") if "issuer" in table else None
-    output = root / _str(table["output"], f"{where} output") if "output" in table else Path(str(cert) + ".ocsp")
+    cert = root / _path(table["cert"], f"{where} cert")
+    issuer = root / _path(table["issuer"], f"{where} issuer") if "issuer" in table else None
+    output = (_file(root / _path(table["output"], f"{where} output"), f"{where} output") if "output" in table
+              else Path(str(cert) + ".ocsp"))
     check_output_name(output, f"{where} output")
     url = table.get("url", [])
     urls = [url] if isinstance(url, str) else url
@@ -336,7 +393,8 @@ def _staple(
         raise InputError(f"{where} url: expected a string or a list of strings")
     # The command line wins over the staple's table, which wins over [defaults].
     given = common if opts is None else _given(cli.over(opts.over(defaults)))
-    return Staple(name=str(cert), cert=cert, issuer=issuer, output=output, urls=tuple(urls), force=force, **given)
+    return Staple(name=str(cert), label=name, cert=cert, issuer=issuer, output=output, urls=tuple(urls), force=force,
+                  **given)
 
 
 

@@ -12,6 +12,7 @@ import email.utils
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import urllib.parse
@@ -82,8 +83,10 @@ class Fetched:
         """Cache-Control max-age in seconds, if the responder gave one."""
         for part in self.headers.get("cache-control", "").split(","):
             name, _, value = part.strip().partition("=")
-            if name.lower() == "max-age" and value.strip().strip('"').isdigit():
-                return int(value.strip().strip('"'))
+            value = value.strip().strip('"')
+            # isascii: isdigit() is true for "²", which int() refuses
+            if name.lower() == "max-age" and value.isascii() and value.isdigit():
+                return int(value)
         return None
 
     @property
@@ -337,7 +340,7 @@ class HttpTransport:
             raise FetchError(f"cannot reach responder {_origin(url)}: {_reason(e)}") from None
         try:
             length = r.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_bytes:
                 raise FetchError(f"responder {_origin(url)} sent {length} bytes; the cap is {self.max_bytes}")
             data = bytearray()
             while True:
@@ -385,7 +388,15 @@ def _reason(e: BaseException) -> str:
             break
         seen.add(id(nxt))
         inner = nxt
-    text = str(inner) or type(inner).__name__
+    if isinstance(inner, OSError) and inner.strerror:
+        text = inner.strerror  # "Connection refused", not "[Errno 111] Connection refused"
+    else:
+        text = str(inner) or type(inner).__name__
     if ": " in text and text.startswith("<"):
         text = text.split(": ", 1)[1]
-    return text.splitlines()[0][:160]
+    text = _ERRNO.sub("", text)
+    return (text.splitlines() or [type(inner).__name__])[0][:160]
+
+
+#: The "[Errno 111] " that Python puts before an OSError's words
+_ERRNO = re.compile(r"\[Errno -?\d+\] ")

@@ -70,6 +70,7 @@ class Result(enum.Enum):
     MISSING = "missing"  # no valid staple on disk, and none could be had
     REVOKED = "revoked"  # the staple on disk says revoked
     BAD_INPUT = "bad-input"  # unreadable certificate, wrong issuer, no URL, bad config
+    INTERNAL = "internal-error"  # a bug; the staple is left as it was
 
     @property
     def exit_code(self) -> int:
@@ -80,6 +81,9 @@ _EXIT = {
     Result.WRITTEN: 0, Result.FRESH: 0, Result.UNCHANGED: 0,
     Result.KEPT: 1,
     Result.MISSING: 2, Result.REVOKED: 2, Result.BAD_INPUT: 2, Result.AT_RISK: 2,
+    # sysexits.h EX_SOFTWARE: a crash must not look like "kept" (1), which the
+    # systemd unit counts as success, nor like bad input (2)
+    Result.INTERNAL: 70,
 }
 
 
@@ -311,8 +315,8 @@ def _one(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) 
         return Outcome(name=st.name, output=st.output, result=Result.BAD_INPUT, message=str(e))
     except Exception as e:  # a bug must not stop the other staples
         log.debug("%s: internal error", st.name, exc_info=True)
-        return Outcome(name=st.name, output=st.output, result=Result.BAD_INPUT,
-                       message=f"internal error, staple left as it was ({type(e).__name__}: {e})")
+        return Outcome(name=st.name, output=st.output, result=Result.INTERNAL,
+                       message=f"internal error, staple left as it was ({type(e).__name__}: {e}); please report")
 
 
 class _Shared:
@@ -452,7 +456,7 @@ class _Deduped:
         return self._shared.once((self._settings, "POST", url, body), lambda: self._inner.post(url, body))
 
 
-_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}
+_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 70: logging.ERROR}
 
 
 def report(o: Outcome) -> None:

@@ -205,7 +205,8 @@ def get_request(target: str) -> bytes | None:
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 picks a free one."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    # isascii: isdigit() is true for "²", which int() refuses
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise InputError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8089")
     return host.strip("[]"), int(port)
 
@@ -394,6 +395,10 @@ class OcspServer:
         except OSError as e:  # reset by the peer, and the like
             log.debug("%s: %s", conn.peer, e)
             self._close(conn)
+        except Exception as e:  # a bug: one line (the traceback with -vv), that connection dropped, the rest served
+            log.error("internal error answering %s: %s: %s; please report", conn.peer, type(e).__name__, e,
+                      exc_info=True)
+            self._close(conn)
 
     def _read(self, conn: _Conn) -> None:
         data = conn.sock.recv(16 << 10)
@@ -445,7 +450,9 @@ class OcspServer:
                 raise _HttpError(405, "only GET and POST", (("Allow", "GET, POST"),))
             if head.method == "POST":
                 length = head.headers.get("content-length")
-                if length is None or not length.isdigit() or "transfer-encoding" in head.headers:
+                # isascii: isdigit() is true for "²", which int() refuses
+                if (length is None or not (length.isascii() and length.isdigit())
+                        or "transfer-encoding" in head.headers):
                     raise _HttpError(411, "Content-Length required")
                 if int(length) > MAX_REQUEST:
                     raise _HttpError(413, "request too large")

@@ -11,6 +11,7 @@ import datetime as dt
 import enum
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ from ocspstaple.config import DEFAULT_MAX_REFRESH_INTERVAL, DEFAULT_REFRESH_AT, 
 from ocspstaple.errors import InputError, TrustError
 from ocspstaple.refresh import inspect_disk
 from ocspstaple.store import Store
+from ocspstaple.text import one_line, plugin_text, shown
 from ocspstaple.validate import CertStatus, VerifiedResponse
 
 Clock = Callable[[], dt.datetime]
@@ -159,7 +161,10 @@ def table(rows: Sequence[Row], now: dt.datetime) -> list[tuple[str, ...]]:
 
 
 def format_table(cells: Sequence[tuple[str, ...]], *, style: Callable[[str, str], str] | None = None) -> str:
-    """Aligned columns; ``style(text, status)`` may colour the STATUS cell (for a terminal)."""
+    """Aligned columns; ``style(text, status)`` may colour the STATUS cell (for a terminal).
+
+    A cell is one line whatever a file name holds (control characters escaped)."""
+    cells = [tuple(one_line(c) for c in r) for r in cells]
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     lines = []
     for n, r in enumerate(cells):
@@ -238,14 +243,29 @@ class Threshold:
             try:
                 pct = float(text[:-1])
             except ValueError:
-                raise InputError(f"{what}: {text!r} is not a percentage such as 40%") from None
-            if not 0 < pct < 100:
-                raise InputError(f"{what}: {text} must be between 0% and 100%")
+                raise InputError(f"{what}: {shown(text)} is not a percentage such as 40%") from None
+            if not 0 < pct < 100:  # also refuses nan
+                raise InputError(f"{what}: {shown(text)} must be between 0% and 100%")
             return cls(fraction=pct / 100)
         return cls(fixed=parse_duration(text, what))
 
     def of(self, window: dt.timedelta) -> dt.timedelta:
         return self.fixed if self.fixed is not None else window * (self.fraction or 0)
+
+
+def thresholds(*, warning: str, critical: str) -> tuple[Threshold, Threshold]:
+    """check's --warning and --critical; the warning must leave more time than
+    the critical threshold (10% and 50% would never warn before going critical).
+
+    A share and a duration can only be compared against a staple's window,
+    so such a pair is taken as given.
+    """
+    warn, crit = Threshold.parse(warning, "--warning"), Threshold.parse(critical, "--critical")
+    if (warn.fraction is not None and crit.fraction is not None and warn.fraction <= crit.fraction) or (
+            warn.fixed is not None and crit.fixed is not None and warn.fixed <= crit.fixed):
+        raise InputError(f"--warning {warning.strip()} must leave more than --critical {critical.strip()}: "
+                         "a staple is to reach WARNING before CRITICAL")
+    return warn, crit
 
 
 def evaluate(row: Row, now: dt.datetime, *, warning: Threshold, critical: Threshold,
@@ -277,7 +297,8 @@ def evaluate(row: Row, now: dt.datetime, *, warning: Threshold, critical: Thresh
 
 
 def _label(row: Row) -> str:
-    text = str(row.output or row.name)
+    # Quotes and "=" would end the label early (Nagios plugin guidelines).
+    text = one_line(str(row.output or row.name))
     return "'" + text.replace("'", "_").replace("=", "_") + "'"
 
 
@@ -309,7 +330,9 @@ def check_line(rows: Sequence[Row], now: dt.datetime, *, warning: Threshold, cri
         perf.append(f"{_label(row)}={max(0, int(left.total_seconds()))}s;"
                     f"{int(warning.of(window).total_seconds())}:;{int(critical.of(window).total_seconds())}:;0;"
                     f"{int(window.total_seconds())}")
-    return overall, f"OCSPSTAPLE {overall.name} - {summary} | " + " ".join(perf)
+    # A file name may hold a newline (a second line is another field for the
+    # monitoring system) or "|" (which starts the perfdata).
+    return overall, f"OCSPSTAPLE {overall.name} - {plugin_text(summary)} | " + plugin_text(" ".join(perf))
 
 
 # -- metrics: Prometheus node_exporter textfile ---------------------------------------
@@ -342,10 +365,22 @@ class MetricStaple:
     record: state.Record
     #: the staple's Row.refresh_due (None without a usable staple)
     refresh_due: dt.datetime | None = None
+    #: the certificate file, when the input named one
+    cert: Path | None = None
+    #: the config's table name ([staple.NAME]) or the certbot lineage's
+    label: str = ""
 
 
 def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _stable(path: Path) -> str:
+    """A path as a label: the same series from any working directory (cron's
+    /, an operator's shell in the config's directory).  abspath, not
+    realpath: certbot's live/ links move to a new archive/ file at every
+    renewal, and the series must not."""
+    return os.path.abspath(path)
 
 
 def _num(v: float) -> str:
@@ -356,7 +391,8 @@ def metrics_text(staples: Iterable[MetricStaple], *, duration_s: float, ended: d
     """The textfile (newline-terminated), one series per staple and metric."""
     series: dict[str, list[str]] = {name: [] for name, _ in METRICS}
     for m in staples:
-        labels = f'cert="{_esc(m.name)}",output="{_esc(str(m.output or ""))}"'
+        labels = (f'cert="{_esc(_stable(m.cert) if m.cert is not None else m.name)}",'
+                  f'output="{_esc(_stable(m.output) if m.output is not None else "")}",staple="{_esc(m.label)}"')
         s = m.staple
         if s is not None:
             series["ocspstaple_staple_this_update_timestamp_seconds"].append(

@@ -318,7 +318,7 @@ def test_twin_one_due_staple_uses_the_network_and_its_lock(fleet: Fleet):
         st.output.write_bytes(fleet.respond(leaf, age=3 * DAY if i == 2 else HOUR))
         staples.append(st)
     outcomes = run(staples, NoNetwork(), jobs=8)
-    assert outcomes[2].result is Result.BAD_INPUT and "the network was used" in outcomes[2].message
+    assert outcomes[2].result is Result.INTERNAL and "the network was used" in outcomes[2].message
     assert [p.name for p in fleet.tmp.iterdir() if p.name.endswith(".lock")] == [lock_path(staples[2].output).name]
 
 

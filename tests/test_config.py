@@ -36,10 +36,10 @@ timeout = 20
 proxy = "http://proxy.example:3128"
 """)
     www, api = load_config(cfg, cli=Options(), force=False)
-    assert www == Staple(name=str(tmp_path / "certs/www.pem"), cert=tmp_path / "certs/www.pem",
+    assert www == Staple(name=str(tmp_path / "certs/www.pem"), label="www", cert=tmp_path / "certs/www.pem",
                          output=tmp_path / "certs/www.pem.ocsp", timeout=5, refresh_at=0.6,
                          default_validity=dt.timedelta(hours=12), lock_timeout=30)
-    assert isinstance(api, Staple)
+    assert isinstance(api, Staple) and api.label == "api"
     assert api.issuer == Path("/etc/ssl/api/chain.pem") and api.output == Path("/var/lib/ocsp/api.der")
     assert api.urls == ("http://ocsp-a.example/", "http://ocsp-b.example/")
     assert (api.timeout, api.proxy, api.refresh_at) == (20, "http://proxy.example:3128", 0.6)

@@ -65,7 +65,7 @@ def test_metrics_values(tmp_path: Path, ca: CA):
     assert m.value("ocspstaple_staple_this_update_timestamp_seconds", cert=g) == (now - 4 * DAY).timestamp()
     assert m.value("ocspstaple_staple_expiry_timestamp_seconds", cert=g) == (now + 6 * DAY).timestamp()
     assert m.get("ocspstaple_staple_this_update_timestamp_seconds", cert=g)[0][0] == \
-        {"cert": g, "output": str(good.output)}
+        {"cert": g, "output": str(good.output), "staple": ""}
     assert m.value("ocspstaple_staple_must_staple", cert=g) == 1
     assert m.value("ocspstaple_staple_must_staple", cert=revoked.name) == 0
     assert m.value("ocspstaple_consecutive_failures", cert=g) == 3

@@ -302,10 +302,10 @@ def test_refresh_all_goes_on_after_a_bad_entry_and_a_crash(setup, ca, tmp_path):
     crash = replace(st, output=tmp_path / "crash.ocsp", name="crash")
     outcomes = refresh_all([BadEntry(name="broken", reason="[staple.broken]: missing key cert"), crash, st],
                            network=Network(resp()), clock=Clock(T0), store=Crashing())
-    assert [o.result for o in outcomes] == [Result.BAD_INPUT, Result.BAD_INPUT, Result.WRITTEN]
-    assert "internal error" in outcomes[1].message
-    assert exit_code(outcomes) == 2
-    assert exit_code(outcomes[2:]) == 0
+    assert [o.result for o in outcomes] == [Result.BAD_INPUT, Result.INTERNAL, Result.WRITTEN]
+    assert "internal error" in outcomes[1].message and "RuntimeError: bug" in outcomes[1].message
+    assert exit_code(outcomes) == 70  # a bug is neither "kept" (1) nor bad input (2)
+    assert exit_code(outcomes[:1]) == 2 and exit_code(outcomes[2:]) == 0
 
 
 def test_lock_timeout_reports_what_is_on_disk(setup):
