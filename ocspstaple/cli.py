@@ -817,7 +817,7 @@ def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity:
     from ocspstaple.certs import describe, load_pair
     from ocspstaple.config import DEFAULT_VALIDITY
     from ocspstaple.errors import InputError, StoreError, ValidationError
-    from ocspstaple.store import read_staple
+    from ocspstaple.store import read_given
     from ocspstaple.validate import CertStatus, fmt_time, validate
 
     _setup_logging(0, False)
@@ -829,7 +829,7 @@ def verify(staple_file: Path, cert: Path, issuer: Path | None, default_validity:
     try:
         validity = default_validity if default_validity is not None else DEFAULT_VALIDITY
         pair = load_pair(cert, issuer)
-        data = read_staple(staple_file)
+        data = read_given(staple_file)
     except (InputError, StoreError) as e:
         _fail_input(InputError(f"{staple_file}: {e}"))
     if data is None:

@@ -390,6 +390,18 @@ def read_staple(path: Path, *, dirs: Dirs | None = None) -> bytes | None:
         raise StoreError(f"cannot read {path}: {why(e)}") from None
 
 
+def read_given(path: Path) -> bytes | None:
+    """A staple file named only to be judged (``verify``), read as an input
+    is (read_file): from any directory, through any link, but only a regular
+    file and without blocking; None when it does not exist."""
+    try:
+        return read_file(path, MAX_STAPLE_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {why(e)}") from None
+
+
 def read_fd(fd: int, limit: int) -> bytes:
     """Up to ``limit`` bytes from ``fd``, which is closed.
 

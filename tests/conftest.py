@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import subprocess
 import sys
@@ -174,6 +175,22 @@ def run_cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float
         capture_output=True, text=True, env=env if env is not None else clean_env(), timeout=timeout,
     )
     return Run(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture(autouse=True)
+def _library_logging():
+    """Each test starts with the "ocspstaple" logger as a library leaves it.
+
+    An in-process CLI run (click's CliRunner) sets it up as the CLI does: a
+    handler of its own and no propagation.  pytest (from 8) then attaches
+    its capture handler to such a logger as well as to the root, and a test
+    that makes it propagate again would see every record twice.
+    """
+    logger = logging.getLogger("ocspstaple")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+    yield
 
 
 @pytest.fixture(scope="session")

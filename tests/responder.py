@@ -8,6 +8,7 @@ so that tests can assert that a run made none.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import socket
 import threading
@@ -52,6 +53,7 @@ class Responder:
         self.active = 0
         self.max_active = 0
         self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -90,6 +92,18 @@ class Responder:
             def log_message(self, *a) -> None:  # keep pytest output clean
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with responder._lock:
+                    responder._conns.add(self.connection)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with responder._lock:
+                        responder._conns.discard(self.connection)
+
             def do_GET(self) -> None:
                 # The request is the last path segment (RFC 6960 A.1), also
                 # behind a path prefix or in a proxied absolute URL.
@@ -116,6 +130,15 @@ class Responder:
         assert self._server is not None
         self._server.shutdown()
         self._server.server_close()
+        # A kept-alive connection that a client still holds would keep its
+        # handler thread waiting for a next request after the test: ended here,
+        # so that no thread outlives the responder (tests of the fork split
+        # need a process with one thread).
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str, der: bytes) -> None:
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import re
 import socket
 from dataclasses import dataclass
@@ -86,19 +85,11 @@ class Result:
 
 
 def run(w: World, args: list[str]) -> Result:
-    with chdir(w.root):
+    with contextlib.chdir(w.root):
         r = CliRunner().invoke(main, args, catch_exceptions=True, env={"HTTP_PROXY": "", "http_proxy": ""})
     return Result(r.exit_code, r.stdout, r.stderr, r.exception)
 
 
-@contextlib.contextmanager
-def chdir(path: Path) -> Iterator[None]:
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def options_of(command: str) -> list[click.Parameter]:

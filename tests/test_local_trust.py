@@ -584,3 +584,17 @@ def test_atomic_write_refuses_a_directory_others_can_write(tmp_path: Path):
     os.chmod(d, 0o755)  # twin
     atomic_write(d / "x", b"data")
     assert (d / "x").read_bytes() == b"data"
+
+
+def test_verify_judges_a_file_anywhere_but_never_a_fifo(site: Site, ca: CA, tmp_path: Path):
+    """verify only reads what it is given: a staple in a world-writable
+    directory is judged (it writes nothing there), a FIFO is refused at once."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    (shared / "x.der").write_bytes(ca.respond(site.leaf.cert))
+    run = run_cli("verify", shared / "x.der", "--cert", site.cert, timeout=30)
+    assert run.code == 0 and "valid, certificate good" in run.out, run.err
+    run = run_cli("verify", fifo(shared / "f.der"), "--cert", site.cert, timeout=30)
+    assert run.code == 2
+    one_line(run, "is a FIFO, not a regular file")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import socket
 from pathlib import Path
 from typing import Iterator
@@ -24,19 +23,11 @@ from ocspstaple.cli import main
 
 
 def invoke(*args: str | Path, cwd: Path | None = None):
-    with chdir(cwd) if cwd is not None else contextlib.nullcontext():
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
         return CliRunner().invoke(main, [str(a) for a in args], prog_name="ocspstaple",
                                   env={"HTTP_PROXY": "", "http_proxy": ""})
 
 
-@contextlib.contextmanager
-def chdir(path: Path) -> Iterator[None]:
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def lines(text: str) -> list[str]:

@@ -12,6 +12,7 @@ nothing works.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import http.client
 import os
@@ -26,7 +27,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from conftest import clean_env, run_cli
@@ -599,19 +600,27 @@ def test_500_hostile_connections_cost_bounded_memory(site: Served, ca: CA, serve
     assert p.stop() == 0
 
 
-def test_slow_request_is_cut_off_and_a_whole_one_is_answered(site: Served, ca: CA, clock):
-    site.output.write_bytes(staple := ca.respond(site.leaf.cert))
-    server = OcspServer(("127.0.0.1", 0), StapleIndex([site.staple], store=FileStore(), clock=clock),
-                        request_timeout=0.5)
+@contextlib.contextmanager
+def serving(staple: Staple, clock, **bounds) -> Iterator[OcspServer]:
+    """An OcspServer with other ``bounds`` (request_timeout, max_connections), in a thread."""
+    server = OcspServer(("127.0.0.1", 0), StapleIndex([staple], store=FileStore(), clock=clock), **bounds)
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(5)
+
+
+def test_slow_request_is_cut_off_and_a_whole_one_is_answered(site: Served, ca: CA, clock):
+    site.output.write_bytes(staple := ca.respond(site.leaf.cert))
+    with serving(site.staple, clock, request_timeout=0.5) as server:
         host, port = server.server_address[:2]
-        with socket.create_connection((host, port), timeout=5) as slow:
+        with socket.create_connection((host, port), timeout=10) as slow:
             slow.sendall(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n0")  # ... and never the rest
-            t0 = time.monotonic()
-            assert slow.recv(100) == b""  # closed by the server
-            assert time.monotonic() - t0 < 3
+            assert slow.recv(100) == b""  # closed by the server (else recv times out after 10 s)
         # Twin: a whole request in time, on a kept-alive connection, twice.
         conn = http.client.HTTPConnection(host, port, timeout=5)
         for _ in range(2):
@@ -619,32 +628,20 @@ def test_slow_request_is_cut_off_and_a_whole_one_is_answered(site: Served, ca: C
             r = conn.getresponse()
             assert (r.status, r.read()) == (200, staple)
         conn.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(5)
 
 
 def test_oldest_connection_gives_way_to_a_new_one(site: Served, ca: CA, clock):
     site.output.write_bytes(staple := ca.respond(site.leaf.cert))
-    server = OcspServer(("127.0.0.1", 0), StapleIndex([site.staple], store=FileStore(), clock=clock),
-                        max_connections=4)
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    try:
+    with serving(site.staple, clock, max_connections=4) as server:
         url = served_url(server)
         u = urllib.parse.urlsplit(url)
+        # Connected (in the listen backlog, accepted in order) before the fifth connects.
         idle = [socket.create_connection((u.hostname, u.port), timeout=5) for _ in range(4)]
-        time.sleep(0.2)
         assert post(url, request(site.leaf, ca)) == staple  # the fifth gets in
         idle[0].settimeout(2)
         assert idle[0].recv(10) == b""  # the oldest was dropped for it
         for s in idle:
             s.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(5)
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "HEAD"])
