@@ -23,7 +23,7 @@ import http.client
 import re
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -368,3 +368,54 @@ def test_a_due_edge_asks_the_ca_when_the_relay_has_nothing_newer(fleet: Fleet, c
             want = fleet.ca.answers if urls == "relay, aia" else held
             assert staple(e, i) == want[leaf.cert.serial_number]
     assert fleet.ca.requests == (EDGES * n if urls == "relay, aia" else 0)
+
+
+# -- the URL list, as configured --------------------------------------------------------------------
+
+def test_urls_key_and_aia_entry(tmp_path: Path):
+    from ocspstaple.config import BadEntry, Options, Staple, load_config
+
+    config = tmp_path / "c.toml"
+    config.write_text('[staple.a]\ncert = "a.pem"\nurls = ["http://relay:8089/", "AIA"]\n'
+                      '[staple.b]\ncert = "b.pem"\nurl = "http://ocsp.example/"\n'
+                      '[staple.c]\ncert = "c.pem"\nurl = "http://x/"\nurls = ["aia"]\n'
+                      '[staple.d]\ncert = "d.pem"\nurls = ["http://relay/", 7]\n')
+    a, b, c, d = load_config(config, cli=Options(), force=False)
+    assert isinstance(a, Staple) and a.urls == ("http://relay:8089/", "aia")
+    assert isinstance(b, Staple) and b.urls == ("http://ocsp.example/",)  # the old key still works
+    assert isinstance(c, BadEntry) and "url or urls, not both" in c.reason
+    assert isinstance(d, BadEntry) and "expected a string or a list of strings" in d.reason
+
+
+def test_aia_expands_in_place_each_url_once(fleet: Fleet):
+    from ocspstaple.certs import load_pair
+    from ocspstaple.config import Staple
+    from ocspstaple.errors import InputError
+    from ocspstaple.refresh import _urls
+
+    pair = load_pair(fleet.certs[0], None)
+    own = fleet.ca.responder.url
+    st = Staple(name="x", cert=fleet.certs[0], output=fleet.root / "x.der")
+    assert _urls(st, pair) == (own,)
+    assert _urls(replace(st, urls=("http://relay/", "aia")), pair) == ("http://relay/", own)
+    assert _urls(replace(st, urls=("aia", "http://relay/", own)), pair) == (own, "http://relay/")
+    # twin: without aia the certificate's own URL is not asked
+    assert _urls(replace(st, urls=("http://relay/",)), pair) == ("http://relay/",)
+    bare = load_pair(write_pem(fleet.root / "bare.pem", fleet.ca.ca.issue("bare.test", ocsp_urls=()),
+                               fleet.ca.ca.cert), None)
+    assert _urls(replace(st, urls=("http://relay/", "aia")), bare) == ("http://relay/",)
+    with pytest.raises(InputError, match="names no OCSP responder URL"):
+        _urls(replace(st, urls=("aia",)), bare)
+
+
+def test_url_option_repeats_with_aia(fleet: Fleet):
+    fleet.ca.publish(fleet.leaves, now() - HOUR)
+    out = fleet.root / "one.der"
+    r = CliRunner().invoke(main, ["refresh", "--cert", str(fleet.certs[0]), "--output", str(out),
+                                  "--url", closed_url(), "--url", "aia"], env=NO_PROXY)
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == fleet.ca.answers[fleet.leaves[0].cert.serial_number]
+    # twin: the dead URL alone
+    r = CliRunner().invoke(main, ["refresh", "--cert", str(fleet.certs[1]), "--output", str(fleet.root / "two.der"),
+                                  "--url", closed_url()], env=NO_PROXY)
+    assert r.exit_code == 2 and "c1.pem" in r.output
