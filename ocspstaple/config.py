@@ -136,7 +136,7 @@ def staple_from_options(
     _check_cli(options)
     out = check_output_name(_file(output, "--output") if output is not None else Path(str(cert) + ".ocsp"),
                             str(cert))
-    given = [u for u in ((url,) if isinstance(url, str) else url or ()) if u]  # --url "": the certificate's
+    given = [u for u in ((url,) if isinstance(url, str) else url or ()) if u]  # --url "": as if not given
     base = Staple(name=str(cert), cert=cert, issuer=issuer, output=out,
                   urls=url_list(given, "--url"), force=force)
     return _with_options(base, options)
