@@ -18,12 +18,19 @@ measures, for each N:
 * optionally (``--wide``) a due run with ``--jobs 32`` over certificates
   spread across 4 responder origins (4 ports, i.e. 4 CAs), where the
   per-host cap no longer binds;
-* ``ocspstaple --help`` start-up time.
+* ``ocspstaple --help`` start-up time;
+* ``--fleet`` (alone): 20 edges x 1,000 certificates (``--fleet-edges``,
+  ``--fleet-certs``), each edge one ``refresh --config`` with its own outputs
+  and state directory, run one after another (each stands for a host of its
+  own), first asking the CA directly, then with a relay (``refresh`` against
+  the CA, then ``serve`` on 127.0.0.1) first and ``aia`` after: the requests
+  the CA saw and each edge's wall time (median, slowest).
 
 Run it with the project's venv::
 
     .venv/bin/python benchmarks/run.py                 # 100, 1,000, 10,000
     .venv/bin/python benchmarks/run.py --sizes 100,1000 --wide
+    .venv/bin/python benchmarks/run.py --fleet         # 20 edges x 1,000, a few minutes
 
 It prints a table and writes the numbers to benchmarks/results.json.
 """
@@ -333,6 +340,90 @@ def bench_wide(n: int, args: argparse.Namespace, workdir: Path, origins: int = 4
     return r
 
 
+def bench_fleet(args: argparse.Namespace, workdir: Path) -> dict:
+    """--fleet: CA requests and edge wall times without a relay, then with one."""
+    n, edges = args.fleet_certs, args.fleet_edges
+    root = workdir / "fleet"
+    responder = Responder(args.latency)
+    relay_proc = None
+    try:
+        fleet = Fleet(n, responder.urls, now=dt.datetime.now(UTC))
+        responder.responses = fleet.responses
+        fleet.write(root / "shared")
+
+        def configs(kind: str, urls: list[str] | None) -> list[Path]:
+            out = []
+            for k in range(edges if kind != "relay" else 1):
+                d = root / kind / f"e{k:02d}"
+                d.mkdir(parents=True)
+                lines = ["[defaults]", "timeout = 10", 'state_dir = "state"', ""]
+                for i in range(n):
+                    lines += [f"[staple.c{i:05d}]", f'cert = "{root}/shared/certs/{i:05d}.pem"',
+                              f'issuer = "{root}/shared/ca.pem"', f'output = "out/{i:05d}.der"']
+                    if urls:
+                        lines.append("urls = [" + ", ".join(f'"{u}"' for u in urls) + "]")
+                    lines.append("")
+                (d / "out").mkdir()
+                (d / "edge.toml").write_text("\n".join(lines))
+                out.append(d / "edge.toml")
+            return out
+
+        def run_edges(paths: list[Path]) -> dict:
+            runs = [measure([*cli(), "refresh", "--config", str(c)], env=cli_env()) for c in paths]
+            walls = [r["wall_s"] for r in runs]
+            return {"edges": len(runs), "exit_codes": sorted({r["exit"] for r in runs}),
+                    "edge_wall_median_s": round(statistics.median(walls), 3), "edge_wall_max_s": max(walls),
+                    "edges_total_s": round(sum(walls), 2), "ca_requests": responder.requests}
+
+        print(f"fleet: {edges} edges x {n:,} certificates, without a relay ...", file=sys.stderr, flush=True)
+        responder.reset()
+        direct = run_edges(configs("direct", None))
+
+        print("fleet: with a relay ...", file=sys.stderr, flush=True)
+        responder.reset()
+        relay_config = configs("relay", None)[0]
+        relay_run = measure([*cli(), "refresh", "--config", str(relay_config)], env=cli_env())
+        relay_requests = responder.requests
+        log = open(root / "serve.log", "wb")
+        relay_proc = subprocess.Popen([*cli(), "serve", "--config", str(relay_config), "--listen", "127.0.0.1:0"],
+                                      env=cli_env(), stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 60
+        port = None
+        while port is None and time.monotonic() < deadline and relay_proc.poll() is None:
+            text = (root / "serve.log").read_text(errors="replace")
+            if "listening on http://127.0.0.1:" in text:
+                port = int(text.split("listening on http://127.0.0.1:", 1)[1].split("/", 1)[0])
+            else:
+                time.sleep(0.1)
+        if port is None:
+            raise RuntimeError("the relay's serve did not start: " + (root / "serve.log").read_text()[-500:])
+        with_relay = run_edges(configs("edges", [f"http://127.0.0.1:{port}/", "aia"]))
+        with_relay["ca_requests"] -= relay_requests  # the edges' own; the relay's are below
+        return {"edges": edges, "certs": n, "latency_s": args.latency, "without_relay": direct,
+                "with_relay": with_relay, "relay_refresh": {"wall_s": relay_run["wall_s"], "exit": relay_run["exit"],
+                                                            "ca_requests": relay_requests}}
+    finally:
+        if relay_proc is not None:
+            relay_proc.terminate()
+            relay_proc.wait(10)
+        responder.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def fleet_table(f: dict) -> str:
+    d, r, relay = f["without_relay"], f["with_relay"], f["relay_refresh"]
+    rows = ["| fleet | CA requests | edge wall, median (s) | edge wall, slowest (s) | all edges (s) | exit codes |",
+            "|---|---|---|---|---|---|",
+            f"| {f['edges']} edges x {f['certs']:,}, no relay | {d['ca_requests']:,} | {d['edge_wall_median_s']} | "
+            f"{d['edge_wall_max_s']} | {d['edges_total_s']} | {d['exit_codes']} |",
+            f"| the same, relay first | {relay['ca_requests'] + r['ca_requests']:,} (relay {relay['ca_requests']:,}, "
+            f"edges {r['ca_requests']:,}) | {r['edge_wall_median_s']} | {r['edge_wall_max_s']} | "
+            f"{r['edges_total_s']} (+ relay {relay['wall_s']}) | {r['exit_codes']} |"]
+    return "\n".join(rows)
+
+
 def help_time(repeat: int = 7) -> dict:
     runs = [measure([*cli(), "--help"], env=cli_env())["wall_s"] for _ in range(repeat)]
     return {"median_s": round(statistics.median(runs), 3), "min_s": round(min(runs), 3), "runs": runs}
@@ -390,11 +481,27 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the numbers")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--fleet", action="store_true",
+                    help="only the fleet benchmark: edges x certificates, with and without a relay")
+    ap.add_argument("--fleet-edges", type=int, default=20, help="edges in --fleet (default 20)")
+    ap.add_argument("--fleet-certs", type=int, default=1000, help="certificates per edge in --fleet (default 1000)")
     args = ap.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ocspstaple-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.fleet:
+        f = bench_fleet(args, workdir)
+        f["machine"] = machine()
+        f["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+        out = args.json if args.json != HERE / "results.json" else HERE / "fleet-results.json"
+        out.write_text(json.dumps(f, indent=2) + "\n")
+        print(fleet_table(f))
+        print(f"\nnumbers: {out}")
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        ok = {0} == set(f["without_relay"]["exit_codes"]) == set(f["with_relay"]["exit_codes"])
+        return 0 if ok and f["with_relay"]["ca_requests"] == 0 else 1
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         print(f"N = {n:,} ...", file=sys.stderr, flush=True)

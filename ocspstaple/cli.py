@@ -267,7 +267,11 @@ def _staple_inputs(*, with_url: bool) -> Callable[[F], F]:
                      help="With --certbot-dir: only this lineage. Repeatable."),
     ]
     if with_url:
-        options.insert(3, click.option("--url", help="OCSP responder URL, instead of the one in the certificate."))
+        options.insert(3, click.option(
+            "--url", "urls", multiple=True, metavar="URL",
+            help="OCSP responder URL, instead of the ones in the certificate. Repeatable: asked in order, the next "
+                 "when one fails or has nothing newer for a due staple; 'aia' stands for the certificate's own "
+                 "URLs (--url http://relay:8089/ --url aia)."))
 
     def decorate(f: F) -> F:
         for option in reversed(options):
@@ -294,7 +298,7 @@ def _gather(inputs: dict[str, Any], *, options: Any, force: bool, renewed: Path 
     from ocspstaple.config import RunSettings, Staple, read_config, staple_from_options
     from ocspstaple.scan import scan_dir
 
-    cert, issuer, output, url = (inputs.get(k) for k in ("cert", "issuer", "output", "url"))
+    cert, issuer, output, url = (inputs.get(k) for k in ("cert", "issuer", "output", "urls"))
     config_path, scan_dirs, certbot_dir = inputs["config_path"], inputs["scan_dirs"], inputs["certbot_dir"]
     output_dir, cert_names = inputs["output_dir"], inputs["cert_names"]
     log = logging.getLogger("ocspstaple.cli")
@@ -589,10 +593,11 @@ def _metrics(staples: list[Any], outcomes: list[Any], records: _Records, run: An
 @_staple_inputs(with_url=False)
 @click.option("--listen", default="127.0.0.1:8089", show_default=True, metavar="HOST:PORT",
               help="Address to answer OCSP requests on (port 0: any free port).")
-@_verdict_options(refresh_at=False)
+@_verdict_options(refresh_at=True)
 @click.option("-v", "--verbose", count=True, help="Log every certificate loaded (-vv: every request).")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
-def serve(listen: str, default_validity: dt.timedelta | None, verbose: int, quiet: bool, **inputs: Any) -> None:
+def serve(listen: str, refresh_at: float | None, max_refresh_interval: dt.timedelta | None,
+          default_validity: dt.timedelta | None, verbose: int, quiet: bool, **inputs: Any) -> None:
     """Answer OCSP requests from the stapling files, for httpd's SSLStaplingForceURL.
 
     Serves the validated staple for each certificate that refresh keeps
@@ -600,6 +605,10 @@ def serve(listen: str, default_validity: dt.timedelta | None, verbose: int, quie
     changes; tryLater when there is no valid staple, unauthorized for a
     certificate it does not hold. It never contacts the CA. Runs until
     SIGTERM or SIGINT.
+
+    Also the relay of a fleet (README, "A fleet"): GET answers are cacheable
+    (RFC 5019) until the staple's refresh point (--refresh-at,
+    --max-refresh-interval, as for refresh), and conditional GETs get 304.
 
     \b
     Exit status:
@@ -619,7 +628,10 @@ def serve(listen: str, default_validity: dt.timedelta | None, verbose: int, quie
 
     log = logging.getLogger("ocspstaple.cli")
     try:
-        staples, _ = _gather(inputs, options=Options(default_validity=default_validity), force=False)
+        # refresh_at and max_refresh_interval: when a cache's copy of a GET
+        # answer runs out (the staple's refresh point, as refresh sees it).
+        staples, _ = _gather(inputs, options=Options(refresh_at=refresh_at, max_refresh_interval=max_refresh_interval,
+                                                     default_validity=default_validity), force=False)
     except InputError as e:
         _fail_input(e)
     bad = [st for st in staples if not isinstance(st, Staple)]

@@ -32,6 +32,9 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 DEFAULT_HOOK_TIMEOUT = 60.0
 NGINX_TEST = "nginx -t -q"
 MAX_CONFIG_BYTES = 64 << 20
+#: In a staple's URL list (``--url aia``, ``urls = [..., "aia"]``): the
+#: certificate's own AIA OCSP URLs, at that place in the order.
+AIA = "aia"
 
 
 T = TypeVar("T", "Options", "RunSettings")
@@ -124,16 +127,18 @@ def staple_from_options(
     cert: Path,
     issuer: Path | None,
     output: Path | None,
-    url: str | None,
+    url: str | Sequence[str] | None,
     options: Options,
     force: bool,
 ) -> Staple:
-    """The single staple of ``refresh --cert ...``."""
+    """The single staple of ``refresh --cert ...``; ``url``: one or several
+    (--url, repeatable; ``aia`` stands for the certificate's own)."""
     _check_cli(options)
     out = check_output_name(_file(output, "--output") if output is not None else Path(str(cert) + ".ocsp"),
                             str(cert))
+    given = [u for u in ((url,) if isinstance(url, str) else url or ()) if u]  # --url "": as if not given
     base = Staple(name=str(cert), cert=cert, issuer=issuer, output=out,
-                  urls=(url,) if url else (), force=force)
+                  urls=url_list(given, "--url"), force=force)
     return _with_options(base, options)
 
 
@@ -291,7 +296,7 @@ _RUN_KEYS: Mapping[str, Any] = {
     "metrics_file": lambda v, where: Path(_path(v, where)),
     "nginx_test": lambda v, where: NGINX_TEST if v is True else (None if v is False else _str(v, where)),
 }
-_STAPLE_KEYS = {"cert", "issuer", "output", "url"}
+_STAPLE_KEYS = {"cert", "issuer", "output", "url", "urls"}
 
 
 def load_config(path: Path, *, cli: Options, force: bool) -> list[Staple | BadEntry]:
@@ -387,15 +392,26 @@ def _staple(
     output = (_file(root / _path(table["output"], f"{where} output"), f"{where} output") if "output" in table
               else Path(str(cert) + ".ocsp"))
     check_output_name(output, f"{where} output")
-    url = table.get("url", [])
-    urls = [url] if isinstance(url, str) else url
-    if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
-        raise InputError(f"{where} url: expected a string or a list of strings")
+    if "url" in table and "urls" in table:
+        raise InputError(f"{where}: give url or urls, not both")
+    key = "urls" if "urls" in table else "url"
+    url = table.get(key, [])
+    urls = url_list([url] if isinstance(url, str) else url, f"{where} {key}")
     # The command line wins over the staple's table, which wins over [defaults].
     given = common if opts is None else _given(cli.over(opts.over(defaults)))
-    return Staple(name=str(cert), label=name, cert=cert, issuer=issuer, output=output, urls=tuple(urls), force=force,
+    return Staple(name=str(cert), label=name, cert=cert, issuer=issuer, output=output, urls=urls, force=force,
                   **given)
 
+
+
+def url_list(urls: object, where: str) -> tuple[str, ...]:
+    """The responder URLs to ask, in order: each an http(s) URL or ``aia``
+    (any case; the certificate's own AIA URLs go there).  Each URL is checked
+    when the staple is refreshed (refresh._urls), so that one bad URL is a
+    bad input of that staple alone, as it always was."""
+    if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
+        raise InputError(f"{where}: expected a string or a list of strings")
+    return tuple(AIA if u.lower() == AIA else u for u in urls)
 
 
 def check_files(staples: Sequence[Staple | BadEntry], *, config: Path | None = None,

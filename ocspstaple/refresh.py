@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ocspstaple.certs import Pair, build_request, must_staple, ocsp_urls, pair_of, parse_pem, read_pem_bytes
-from ocspstaple.config import BadEntry, Staple
+from ocspstaple.config import AIA, BadEntry, Staple
 from ocspstaple.errors import FetchError, InputError, StaleError, StoreError, TrustError, ValidationError
 from ocspstaple.fetch import Fetched, HttpReply, Transport, fetch
 from ocspstaple.state import Checked
@@ -548,15 +548,20 @@ def _must_staple(o: Outcome) -> Outcome:
 
 
 def _urls(st: Staple, pair: Pair) -> tuple[str, ...]:
-    if st.urls:
-        return tuple(check_url(u) for u in st.urls)
+    """The URLs to ask, in order: the staple's own list (the certificate's AIA
+    URLs where it says ``aia``), or the AIA URLs alone; each URL once."""
     named = ocsp_urls(pair.cert)
-    usable = tuple(u for u in named if u.lower().startswith(("http://", "https://")))
-    if not usable:
+    aia = tuple(u for u in named if u.lower().startswith(("http://", "https://")))
+    urls: list[str] = []
+    for entry in st.urls or (AIA,):
+        for u in aia if entry == AIA else (check_url(entry),):
+            if u not in urls:
+                urls.append(u)
+    if not urls:
         if named:
             raise InputError(f"certificate names no http(s) OCSP URL (only {', '.join(named)}); give --url")
         raise InputError("certificate names no OCSP responder URL (its CA may have ended OCSP); give --url")
-    return usable
+    return tuple(urls)
 
 
 def inspect_disk(store: Store, st: Staple, pair: Pair, now: dt.datetime) -> Disk:
@@ -596,16 +601,25 @@ def _refresh_locked(
     request = build_request(pair)
     transport = shared.network(st.timeout, st.proxy)
     failures: list[str] = []
-    for url in urls:
+    unchanged: Outcome | None = None
+    for i, url in enumerate(urls):
         try:
             new, how = _ask(transport, url, request, pair, st, disk, due=due, shared=shared, clock=clock)
         except StaleError as e:
             if disk.usable is not None and e.this_update == disk.usable.this_update:
-                return replace(
+                # The last URL with nothing newer says when to ask again: the
+                # one asked last is the fallback (the CA after a relay).
+                unchanged = replace(
                     _kept(st, disk.usable, Result.UNCHANGED,
                           f"responder has nothing newer (thisUpdate {fmt_time(disk.usable.this_update)}); "
                           f"staple valid until {fmt_time(disk.usable.expires)}"),
                     retry_after=e.retry_after if isinstance(e, _Stale) else None)
+                if due and i + 1 < len(urls):
+                    # A relay or a cache that has not caught up yet: the
+                    # next URL may have the fresher one the staple is due for.
+                    log.debug("%s: %s has nothing newer; asking %s", st.name, url, urls[i + 1])
+                    continue
+                return unchanged
             failures.append(_from(url, urls, str(e)))
             continue
         except (FetchError, ValidationError, InputError) as e:
@@ -627,6 +641,8 @@ def _refresh_locked(
             )
         return Outcome(name=st.name, output=st.output, result=Result.WRITTEN, staple=new, changed=True,
                        fetched=True, message=f"wrote {st.output} ({_describe(new)}){how}")
+    if unchanged is not None:  # nothing newer anywhere, and the staple on disk still valid
+        return unchanged
     return _failed(st, "; ".join(failures), disk)
 
 

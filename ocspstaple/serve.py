@@ -10,6 +10,17 @@ Answers: the staple for a known CertID; ``tryLater`` when there is no valid
 staple for it right now; ``unauthorized`` for a certificate it does not
 hold; ``malformedRequest`` for anything that is not one OCSP request.
 
+It is also a cache origin (RFC 5019 section 6), for a fleet whose edges ask
+one relay through an HTTP cache: a GET answered with a staple carries
+Last-Modified (its producedAt), a strong ETag (SHA-256 of the DER), Expires
+and ``Cache-Control: max-age=N, public, no-transform, must-revalidate``,
+where N runs out at the staple's own refresh point (or 5 minutes before it
+expires, if sooner), so a cache never holds it once a fresher one is due;
+If-None-Match and If-Modified-Since get 304.  POST answers and every error
+answer are ``no-cache``.  Nothing in an answer tells a client about the
+server's files or its errors: OCSP answers are DER, HTTP errors a fixed
+line of text, and the log alone names paths.
+
 The server holds under hostile clients (any local user can connect to it):
 one thread and a selector, no thread per connection; a request line and
 headers of at most a few KiB and a body of at most MAX_REQUEST; every request
@@ -25,6 +36,7 @@ import base64
 import binascii
 import datetime as dt
 import email.utils
+import hashlib
 import logging
 import os
 import selectors
@@ -42,7 +54,7 @@ from ocspstaple.certs import Pair, issuer_hashes, load_pair
 from ocspstaple.config import Staple
 from ocspstaple.errors import InputError, ValidationError
 from ocspstaple.store import Store
-from ocspstaple.validate import VerifiedResponse, check_window, verify
+from ocspstaple.validate import MIN_REMAINING, VerifiedResponse, check_window, verify
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +101,78 @@ class _Entry:
     problem: str = "not read yet"
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What one OCSP request is answered with."""
+
+    der: bytes
+    #: for the log only (it may name files): never sent
+    what: str
+    #: the staple answered with; None for an error answer
+    response: VerifiedResponse | None = None
+    staple: Staple | None = None
+
+
+def cache_headers(response: VerifiedResponse, staple: Staple, *, now: dt.datetime) -> tuple[tuple[str, str], ...]:
+    """RFC 5019 section 6.2's headers for a GET answered with ``response``.
+
+    max-age ends at the staple's refresh point (refresh_at of its window,
+    at most max_refresh_interval after thisUpdate: when refresh fetches a
+    fresher one), or 5 minutes before it expires if that is sooner (an edge
+    refuses a response with less left, validate.MIN_REMAINING), and is 0
+    once that has passed: a cache then asks again every time, cheaply with
+    a conditional GET.  Expires says the same moment (not nextUpdate, as
+    RFC 5019's example has it), for caches that read Expires alone.
+    Last-Modified is producedAt (RFC 5019), never later than now (RFC 9110
+    8.8.2.1).
+    """
+    until = min(response.refresh_due(staple.refresh_at, staple.max_refresh_interval),
+                response.expires - MIN_REMAINING)
+    max_age = max(0, int((until - now).total_seconds()))
+    return (("Last-Modified", _http_date(last_modified(response, now=now))),
+            ("ETag", etag(response.der)),
+            ("Expires", _http_date(now + dt.timedelta(seconds=max_age))),
+            ("Cache-Control", f"max-age={max_age}, public, no-transform, must-revalidate"))
+
+
+def etag(der: bytes) -> str:
+    """A strong entity tag for one response (RFC 5019: a hash of the response)."""
+    return '"' + hashlib.sha256(der).hexdigest() + '"'
+
+
+def last_modified(response: VerifiedResponse, *, now: dt.datetime) -> dt.datetime:
+    return min(response.produced_at, now).replace(microsecond=0)
+
+
+def not_modified(headers: dict[str, str], response: VerifiedResponse, *, now: dt.datetime) -> bool:
+    """Whether a conditional GET gets 304 (RFC 9110 13.2.2: If-None-Match
+    first; If-Modified-Since only without it).
+
+    If-Modified-Since must name exactly this staple's Last-Modified, not any
+    later date: a validly signed revocation may replace a good staple with
+    an older producedAt (it is written whatever its age), and a cache that
+    asked "modified since the good one?" must get the revocation."""
+    inm = headers.get("if-none-match")
+    if inm is not None:
+        tag = etag(response.der)
+        tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+        return "*" in tags or tag in tags
+    ims = headers.get("if-modified-since")
+    if ims is None:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(ims)
+    except (TypeError, ValueError, IndexError, OverflowError):  # a date that is no date: ignored (RFC 9110)
+        return False
+    if since.tzinfo is None:
+        return False
+    return since == last_modified(response, now=now)
+
+
+def _http_date(t: dt.datetime) -> str:
+    return email.utils.format_datetime(t.astimezone(dt.timezone.utc).replace(microsecond=0), usegmt=True)
+
+
 class StapleIndex:
     """The staples served, found by CertID; files re-read when they change."""
 
@@ -111,18 +195,23 @@ class StapleIndex:
 
     def answer(self, request_der: bytes) -> tuple[bytes, str]:
         """The DER OCSPResponse for one request, and a word for the log."""
+        a = self.lookup(request_der)
+        return a.der, a.what
+
+    def lookup(self, request_der: bytes) -> Answer:
+        """The answer to one request, with the staple behind it, if any."""
         try:
             req = ocsp.load_der_ocsp_request(request_der)
             key = (req.hash_algorithm.name, req.issuer_name_hash, req.issuer_key_hash, req.serial_number)
         except Exception:  # cryptography raises several types on hostile bytes
-            return MALFORMED, "malformed request"
+            return Answer(MALFORMED, "malformed request")
         entry = self.entries.get(key)
         if entry is None:
-            return UNAUTHORIZED, f"unknown certificate (serial {req.serial_number:X})"
+            return Answer(UNAUTHORIZED, f"unknown certificate (serial {req.serial_number:X})")
         response = self._current(entry)
         if response is None:
-            return TRY_LATER, f"{entry.staple.name}: no valid staple ({entry.problem})"
-        return response.der, f"{entry.staple.name}: {response.status.value} staple"
+            return Answer(TRY_LATER, f"{entry.staple.name}: no valid staple ({entry.problem})")
+        return Answer(response.der, f"{entry.staple.name}: {response.status.value} staple", response, entry.staple)
 
     def _current(self, entry: _Entry) -> VerifiedResponse | None:
         """The entry's staple if it is valid now; re-read the file if it changed."""
@@ -264,11 +353,15 @@ def _parse_head(raw: bytes) -> _Request:
     return _Request(method, target, version, headers)
 
 
-def _response(code: int, reason: str, body: bytes, content_type: str, *, close: bool,
-              extra: tuple[tuple[str, str], ...] = ()) -> bytes:
-    head = [f"HTTP/1.1 {code} {reason}", "Server: ocspstaple",
-            f"Date: {email.utils.formatdate(usegmt=True)}", f"Content-Type: {content_type}",
-            f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in extra)]
+def _response(code: int, reason: str, body: bytes, content_type: str | None, *, close: bool,
+              extra: tuple[tuple[str, str], ...] = (), date: dt.datetime | None = None) -> bytes:
+    """One HTTP answer; ``content_type`` None: a 304, which has no body and
+    says nothing of its length."""
+    stamp = email.utils.formatdate(usegmt=True) if date is None else _http_date(date)
+    head = [f"HTTP/1.1 {code} {reason}", "Server: ocspstaple", f"Date: {stamp}"]
+    if content_type is not None:
+        head += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in extra]
     if close:
         head.append("Connection: close")
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
@@ -421,12 +514,26 @@ class OcspServer:
             if request is None:
                 return
             close = (request.version == "HTTP/1.0" or request.headers.get("connection", "").lower() == "close")
-            body, what = self._answer(request)
-            log.debug("%s %s: %s", conn.peer, request.method, what)
+            answer = self._answer(request)
             conn.deadline = time.monotonic() + self.request_timeout  # for the answer to go, and the next to come
-            if not self._send(conn, _response(200, "OK", body, "application/ocsp-response", close=close,
-                                              extra=(("Cache-Control", "no-cache"),)), close=close):
+            if not self._send(conn, self._reply(conn, request, answer, close=close), close=close):
                 return  # the rest when the client has read this answer
+
+    def _reply(self, conn: _Conn, request: _Request, answer: Answer, *, close: bool) -> bytes:
+        """The HTTP answer: cacheable for a staple asked by GET (a cache
+        keys on the URL; a POST has its request in the body), no-cache
+        otherwise (an error now may be a staple a minute later)."""
+        if request.method != "GET" or answer.response is None or answer.staple is None:
+            log.debug("%s %s: %s", conn.peer, request.method, answer.what)
+            return _response(200, "OK", answer.der, "application/ocsp-response", close=close,
+                             extra=(("Cache-Control", "no-cache"),))
+        now = self.index.clock()
+        extra = cache_headers(answer.response, answer.staple, now=now)
+        if not_modified(request.headers, answer.response, now=now):
+            log.debug("%s %s: %s, not modified", conn.peer, request.method, answer.what)
+            return _response(304, "Not Modified", b"", None, close=close, extra=extra, date=now)
+        log.debug("%s %s: %s", conn.peer, request.method, answer.what)
+        return _response(200, "OK", answer.der, "application/ocsp-response", close=close, extra=extra, date=now)
 
     def _next_request(self, conn: _Conn) -> _Request | None:
         """The next whole request from the buffer (None: not all of it yet)."""
@@ -471,13 +578,13 @@ class OcspServer:
         conn.head = None
         return head
 
-    def _answer(self, request: _Request) -> tuple[bytes, str]:
+    def _answer(self, request: _Request) -> Answer:
         if request.method == "POST":
-            return self.index.answer(request.body)
+            return self.index.lookup(request.body)
         der = get_request(request.target)
         if der is None:
-            return MALFORMED, "malformed GET request"
-        return self.index.answer(der)
+            return Answer(MALFORMED, "malformed GET request")
+        return self.index.lookup(der)
 
     def _send(self, conn: _Conn, data: bytes, *, close: bool) -> bool:
         """Queue an answer and send what the socket takes; True when all of

@@ -158,7 +158,7 @@ def test_serve_answers_on_after_a_crash_in_one_request(monkeypatch, caplog):
 
     try:
         assert post() == 200  # twin: malformedRequest, answered
-        monkeypatch.setattr(StapleIndex, "answer", planted)
+        monkeypatch.setattr(StapleIndex, "lookup", planted)
         with caplog.at_level("ERROR", logger="ocspstaple"):
             assert post() == 0
         (record,) = [r for r in caplog.records if "internal error" in r.getMessage()]

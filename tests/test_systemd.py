@@ -162,7 +162,7 @@ def exposure(unit: Path) -> float:
     return float(m.group(1))
 
 
-@pytest.mark.parametrize("name", ["ocspstaple.service", "ocspstaple-serve.service"])
+@pytest.mark.parametrize("name", ["ocspstaple.service", "ocspstaple-serve.service", "ocspstaple-relay.service"])
 def test_systemd_analyze_security_rates_the_service_at_most_3_5(name):
     assert exposure(SYSTEMD / name) <= MAX_EXPOSURE
 
