@@ -576,13 +576,31 @@ def _metrics(staples: list[Any], outcomes: list[Any], records: _Records, run: An
         return None if st.name.startswith("[") else Path(st.name)
 
     metrics = [MetricStaple(name=o.name, output=o.output, staple=o.staple, must_staple=o.must_staple,
-                            record=records.of(o), refresh_due=records.refresh_due(o), cert=cert(st), label=st.label)
+                            record=records.of(o), refresh_due=records.refresh_due(o), cert=cert(st), label=st.label,
+                            served=_served(st, o.staple, now))
                for st, o in zip(staples, outcomes, strict=True)]
     text = metrics_text(metrics, duration_s=duration_s, ended=now, code=code)
     try:
         atomic_write(run.metrics_file, text.encode())
     except StoreError as e:  # the run's outcome stands
         logging.getLogger("ocspstaple.cli").error("cannot write the metrics file %s: %s", run.metrics_file, e)
+
+
+def _served(st: Any, staple: Any, now: Any) -> tuple[Any, ...]:
+    """For the metrics: what ``st``'s connect servers staple (after the push and the hook)."""
+    from ocspstaple.certs import load_pair
+    from ocspstaple.config import Staple
+    from ocspstaple.errors import InputError
+    from ocspstaple.served import s_client
+    from ocspstaple.status import ask_servers
+
+    if not isinstance(st, Staple) or not st.connect:
+        return ()
+    try:
+        pair = load_pair(st.cert, st.issuer)
+    except InputError:
+        return ()  # already reported by the run
+    return ask_servers(st, pair, staple, handshake=s_client, now=now)
 
 
 @main.command()

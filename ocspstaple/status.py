@@ -589,6 +589,15 @@ METRICS = (
     ("ocspstaple_staple_must_staple", "1 if the certificate is must-staple (RFC 7633)."),
     ("ocspstaple_last_success_timestamp_seconds", "Last time a valid response was fetched."),
     ("ocspstaple_consecutive_failures", "Failed refreshes since the last success."),
+    ("ocspstaple_failing_since_timestamp_seconds", "When the current run of failed refreshes began."),
+)
+#: what a staple's connect servers staple (labels: the staple's, plus connect and servername)
+SERVED_METRICS = (
+    ("ocspstaple_served_up", "1 if the server answered the handshake with the staple's certificate."),
+    ("ocspstaple_served_staple_present", "1 if the server stapled a response that passed the checks."),
+    ("ocspstaple_served_this_update_timestamp_seconds", "thisUpdate of the response the server staples."),
+    ("ocspstaple_served_next_update_timestamp_seconds", "nextUpdate of the response the server staples."),
+    ("ocspstaple_served_matches_file", "1 if the server staples the file's response (the same thisUpdate)."),
 )
 RUN_METRICS = (
     ("ocspstaple_run_duration_seconds", "Wall time of the last refresh run."),
@@ -610,6 +619,8 @@ class MetricStaple:
     cert: Path | None = None
     #: the config's table name ([staple.NAME]) or the certbot lineage's
     label: str = ""
+    #: what its connect servers staple
+    served: tuple[Served, ...] = ()
 
 
 def _esc(v: str) -> str:
@@ -628,9 +639,25 @@ def _num(v: float) -> str:
     return repr(float(v)) if not math.isinf(v) else "+Inf"
 
 
+def _served_series(series: dict[str, list[str]], labels: str, sv: Served) -> None:
+    up = not sv.error and not sv.other_cert
+    series["ocspstaple_served_up"].append(f"{{{labels}}} {int(up)}")
+    if not up:
+        return
+    s = sv.staple
+    series["ocspstaple_served_staple_present"].append(f"{{{labels}}} {int(s is not None)}")
+    series["ocspstaple_served_matches_file"].append(f"{{{labels}}} {int(sv.same_as_file)}")
+    if s is not None:
+        series["ocspstaple_served_this_update_timestamp_seconds"].append(
+            f"{{{labels}}} {_num(s.this_update.timestamp())}")
+        if s.next_update is not None:
+            series["ocspstaple_served_next_update_timestamp_seconds"].append(
+                f"{{{labels}}} {_num(s.next_update.timestamp())}")
+
+
 def metrics_text(staples: Iterable[MetricStaple], *, duration_s: float, ended: dt.datetime, code: int) -> str:
     """The textfile (newline-terminated), one series per staple and metric."""
-    series: dict[str, list[str]] = {name: [] for name, _ in METRICS}
+    series: dict[str, list[str]] = {name: [] for name, _ in METRICS + SERVED_METRICS}
     for m in staples:
         labels = (f'cert="{_esc(_stable(m.cert) if m.cert is not None else m.name)}",'
                   f'output="{_esc(_stable(m.output) if m.output is not None else "")}",staple="{_esc(m.label)}"')
@@ -654,8 +681,16 @@ def metrics_text(staples: Iterable[MetricStaple], *, duration_s: float, ended: d
             series["ocspstaple_last_success_timestamp_seconds"].append(
                 f"{{{labels}}} {_num(m.record.last_success.timestamp())}")
         series["ocspstaple_consecutive_failures"].append(f"{{{labels}}} {m.record.consecutive_failures}")
+        if m.record.consecutive_failures and m.record.failing_since is not None:
+            series["ocspstaple_failing_since_timestamp_seconds"].append(
+                f"{{{labels}}} {_num(m.record.failing_since.timestamp())}")
+        for sv in m.served:
+            _served_series(series, f'{labels},connect="{_esc(sv.address)}",servername="{_esc(sv.servername or "")}"',
+                           sv)
     lines = []
-    for name, help_text in METRICS:
+    for name, help_text in METRICS + SERVED_METRICS:
+        if name not in dict(METRICS) and not series[name]:
+            continue  # no connect servers: the served metrics are not announced
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         lines += [name + s for s in series[name]]
     run_values = {"ocspstaple_run_duration_seconds": _num(duration_s),
