@@ -301,3 +301,34 @@ def test_parse_tls12_and_tls13(ca: CA) -> None:
         parse_messages("CONNECTED(00000003)\nno peer certificate available\n")
     with pytest.raises(ServedError, match="truncated"):
         parse_messages(_dump(("TLS 1.2", cert12[:-10])))
+
+
+def test_refresh_metrics_gauge_the_served_staple(where: Path, ca: CA, started: Started) -> None:
+    """refresh (nothing due: no fetch) writes the served gauges for a config's connect server;
+    twin: the server stapling another response than the file gives matches_file 0."""
+    d = where / "metrics"
+    site = make_tls_site(d, ca, "http://127.0.0.1:9/")
+    t = now()
+    site.staple.write_bytes(ca.respond(site.leaf.cert, this_update=t - HOUR, next_update=t + 6 * DAY))
+    nginx = started(Nginx(d, site))
+    config = d / "c.toml"
+    config.write_text(f'[staple.site]\ncert = "fullchain.pem"\noutput = "site.der"\n'
+                      f'connect = "127.0.0.1:{nginx.port}"\n')
+    metrics = d / "ocspstaple.prom"
+
+    def gauges() -> dict[str, float]:
+        run = run_cli("refresh", "--config", config, "--metrics-file", metrics)
+        assert run.code == 0, run.err
+        return {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.read_text().splitlines()
+                if line.startswith("ocspstaple_served_")
+                and f'connect="127.0.0.1:{nginx.port}",servername="localhost"' in line}
+
+    g = gauges()
+    assert g == {"ocspstaple_served_up": 1, "ocspstaple_served_staple_present": 1,
+                 "ocspstaple_served_matches_file": 1,
+                 "ocspstaple_served_this_update_timestamp_seconds": (t - HOUR).timestamp(),
+                 "ocspstaple_served_next_update_timestamp_seconds": (t + 6 * DAY).timestamp()}
+    site.staple.write_bytes(ca.respond(site.leaf.cert, this_update=t - HOUR // 2, next_update=t + 6 * DAY))
+    g = gauges()
+    assert (g["ocspstaple_served_matches_file"], g["ocspstaple_served_this_update_timestamp_seconds"]) == \
+        (0, (t - HOUR).timestamp())
