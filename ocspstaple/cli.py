@@ -580,13 +580,31 @@ def _metrics(staples: list[Any], outcomes: list[Any], records: _Records, run: An
         return None if st.name.startswith("[") else Path(st.name)
 
     metrics = [MetricStaple(name=o.name, output=o.output, staple=o.staple, must_staple=o.must_staple,
-                            record=records.of(o), refresh_due=records.refresh_due(o), cert=cert(st), label=st.label)
+                            record=records.of(o), refresh_due=records.refresh_due(o), cert=cert(st), label=st.label,
+                            served=_served(st, o.staple, now))
                for st, o in zip(staples, outcomes, strict=True)]
     text = metrics_text(metrics, duration_s=duration_s, ended=now, code=code)
     try:
         atomic_write(run.metrics_file, text.encode())
     except StoreError as e:  # the run's outcome stands
         logging.getLogger("ocspstaple.cli").error("cannot write the metrics file %s: %s", run.metrics_file, e)
+
+
+def _served(st: Any, staple: Any, now: Any) -> tuple[Any, ...]:
+    """For the metrics: what ``st``'s connect servers staple (after the push and the hook)."""
+    from ocspstaple.certs import load_pair
+    from ocspstaple.config import Staple
+    from ocspstaple.errors import InputError
+    from ocspstaple.served import s_client
+    from ocspstaple.status import ask_servers
+
+    if not isinstance(st, Staple) or not st.connect:
+        return ()
+    try:
+        pair = load_pair(st.cert, st.issuer)
+    except InputError:
+        return ()  # already reported by the run
+    return ask_servers(st, pair, staple, handshake=s_client, now=now)
 
 
 @main.command()
@@ -668,6 +686,20 @@ def serve(listen: str, refresh_at: float | None, max_refresh_interval: dt.timede
         server.server_close()
 
 
+def _connect_options(f: F) -> F:
+    """status and check: the TLS servers to ask what they staple."""
+    f = click.option("--servername", metavar="NAME",
+                     help="With --connect: the SNI name to send. Default: the certificate's first DNS name.")(f)
+    return click.option("--connect", "connect", multiple=True, metavar="HOST:PORT",
+                        help="Also ask this TLS server what it staples for each certificate, and compare it "
+                             "with the file (overrides the config's connect). Repeatable.")(f)
+
+
+def _connect(connect: tuple[str, ...], servername: str | None) -> dict[str, Any]:
+    """Options' connect and servername: None for "not given", so the config's apply."""
+    return {"connect": connect or None, "servername": servername}
+
+
 def _examine(inputs: dict[str, Any], state_dir: Path | None, options: Any) -> list[Any]:
     """The rows of status and check (InputError when the inputs are unusable).
 
@@ -677,6 +709,7 @@ def _examine(inputs: dict[str, Any], state_dir: Path | None, options: Any) -> li
     import datetime as dt
 
     from ocspstaple.errors import InputError
+    from ocspstaple.served import s_client
     from ocspstaple.status import examine
     from ocspstaple.store import FileStore
 
@@ -692,19 +725,23 @@ def _examine(inputs: dict[str, Any], state_dir: Path | None, options: Any) -> li
         if not found:
             raise InputError(f"state directory {state_dir} does not exist or is not a directory "
                              "(refresh creates it on its first run)")
-    return examine(staples, store=FileStore(), clock=lambda: dt.datetime.now(dt.timezone.utc), state_dir=state_dir)
+    return examine(staples, store=FileStore(), clock=lambda: dt.datetime.now(dt.timezone.utc), state_dir=state_dir,
+                   handshake=s_client)
 
 
 @main.command()
 @_staple_inputs(with_url=False)
 @_verdict_options(refresh_at=True)
 @_state_dir_option
+@_connect_options
 @click.option("--json", "as_json", is_flag=True, help="A JSON array instead of the table (times in ISO 8601 UTC).")
 def status(refresh_at: float | None, max_refresh_interval: dt.timedelta | None, default_validity: dt.timedelta | None,
-           state_dir: Path | None, as_json: bool, **inputs: Any) -> None:
+           state_dir: Path | None, connect: tuple[str, ...], servername: str | None, as_json: bool,
+           **inputs: Any) -> None:
     """Show where every staple stands: status, times, time left, next refresh,
     must-staple, and the last failure with its reason. Fetches nothing.
-    Give the same options and config as refresh.
+    Give the same options and config as refresh. With --connect (or the
+    config's connect), a line per server shows what it staples beside the file.
 
     \b
     Exit status:
@@ -721,21 +758,22 @@ def status(refresh_at: float | None, max_refresh_interval: dt.timedelta | None, 
     _setup_logging(0, False)
     try:
         rows = _examine(inputs, state_dir, Options(refresh_at=refresh_at, max_refresh_interval=max_refresh_interval,
-                                                   default_validity=default_validity))
+                                                   default_validity=default_validity, **_connect(connect, servername)))
     except InputError as e:
         _fail_input(e)
     now = dt.datetime.now(dt.timezone.utc)
     if as_json:
         click.echo(to_json(rows, now))
     else:
-        colours = {"good": "green", "revoked": "red", "none": "red"}
+        colours = {"good": "green", "same": "green", "revoked": "red", "none": "red", "expired": "red",
+                   "not": "red", "other": "red", "unreachable": "red"}
 
         def style(text: str, cell: str) -> str:
             return click.style(text, fg=colours.get(cell.split()[0], "yellow"))
 
         # click.echo drops the colours when stdout is not a terminal.
         click.echo(format_table(table(rows, now), style=style))
-    fine = all(r.usable and r.status == "good" for r in rows)
+    fine = all(r.usable and r.status == "good" and all(sv.same_as_file for sv in r.served) for r in rows)
     sys.exit(EXIT_OK if fine else EXIT_BAD)
 
 
@@ -768,14 +806,25 @@ class _PluginCommand(_Command):
               help="CRITICAL when a staple has less than this left (share or duration); less than --warning.")
 @click.option("--max-failing", type=_DURATION, default="6h", show_default=True,
               help="WARNING when refreshes have failed for longer than this.")
+@_connect_options
+@click.option("--served-grace", type=_DURATION, default="1h", show_default=True,
+              help="With --connect: WARNING when a server has stapled an older response than the file for longer "
+                   "than this since the file changed (CRITICAL once it has less than --critical left).")
 def check(refresh_at: float | None, max_refresh_interval: dt.timedelta | None,
           default_validity: dt.timedelta | None, state_dir: Path | None, warning: str, critical: str,
-          max_failing: dt.timedelta, **inputs: Any) -> None:
+          max_failing: dt.timedelta, connect: tuple[str, ...], servername: str | None, served_grace: dt.timedelta,
+          **inputs: Any) -> None:
     """Monitoring plugin (Nagios/Icinga conventions): one status line with
     perfdata. CRITICAL when a staple is missing, expired or revoked, or has
     less than --critical left (or less than --warning, for a must-staple
     certificate); WARNING when it has less than --warning left or refreshes
     have failed for longer than --max-failing. Give the same config as refresh.
+
+    With --connect (or the config's connect), each server is asked what it
+    staples: CRITICAL when its staple is not valid, revoked or for another
+    certificate than the one it presented; WARNING when it staples none
+    (CRITICAL for must-staple) or an older response than the file for longer
+    than --served-grace; UNKNOWN when it cannot be reached.
 
     \b
     Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for a usage
@@ -791,11 +840,11 @@ def check(refresh_at: float | None, max_refresh_interval: dt.timedelta | None,
     try:
         warn, crit = thresholds(warning=warning, critical=critical)
         rows = _examine(inputs, state_dir, Options(refresh_at=refresh_at, max_refresh_interval=max_refresh_interval,
-                                                   default_validity=default_validity))
+                                                   default_validity=default_validity, **_connect(connect, servername)))
     except InputError as e:
         _unknown(str(e))
     state, line = check_line(rows, dt.datetime.now(dt.timezone.utc), warning=warn, critical=crit,
-                             max_failing=max_failing)
+                             max_failing=max_failing, grace=served_grace)
     click.echo(line)
     sys.exit(int(state))
 

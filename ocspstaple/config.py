@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 from ocspstaple.errors import ConfigError, InputError
+from ocspstaple.served import check_address, check_servername
 from ocspstaple.store import read_file
 from ocspstaple.text import shown
 from ocspstaple.urls import check_url
@@ -56,6 +57,10 @@ class Options:
     default_validity: dt.timedelta | None = None
     lock_timeout: float | None = None
     haproxy_socket: str | None = None
+    #: TLS servers (HOST:PORT) whose served staple check and status compare with the file
+    connect: tuple[str, ...] | None = None
+    #: the SNI name sent to them
+    servername: str | None = None
 
     def over(self, base: Options) -> Options:
         """These options, with ``base`` filling in what is not given."""
@@ -82,6 +87,10 @@ class Staple:
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     #: HAProxy stats socket (unix path or HOST:PORT) to push a new staple to
     haproxy_socket: str | None = None
+    #: TLS servers (HOST:PORT) that staple this file, for check, status and the metrics
+    connect: tuple[str, ...] = ()
+    #: the SNI name sent to them; None: the certificate's first DNS name
+    servername: str | None = None
     force: bool = False
 
 
@@ -148,6 +157,10 @@ def _check_cli(options: Options) -> None:
         check_url(options.proxy, "--proxy")
     if options.haproxy_socket is not None:
         check_socket(options.haproxy_socket, "--haproxy-socket")
+    for address in options.connect or ():
+        check_address(address, "--connect")
+    if options.servername is not None:
+        check_servername(options.servername, "--servername")
 
 
 def _file(path: Path, what: str) -> Path:
@@ -278,6 +291,14 @@ def _path(v: object, where: str) -> str:
     return text
 
 
+def _addresses(v: object, where: str) -> tuple[str, ...]:
+    """``connect``: one HOST:PORT or a list of them."""
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not items:
+        raise InputError(f"{where}: expected HOST:PORT or a list of them, got {shown(v)}")
+    return tuple(check_address(_str(a, where), where) for a in items)
+
+
 # key -> (converter(value, where) -> converted)
 _OPTION_KEYS: Mapping[str, Any] = {
     "timeout": check_timeout,
@@ -287,6 +308,8 @@ _OPTION_KEYS: Mapping[str, Any] = {
     "default_validity": parse_duration,
     "lock_timeout": check_timeout,
     "haproxy_socket": lambda v, where: check_socket(_str(v, where), where),
+    "connect": lambda v, where: _addresses(v, where),
+    "servername": lambda v, where: check_servername(_str(v, where), where),
 }
 _RUN_KEYS: Mapping[str, Any] = {
     "deploy_hook": _str,

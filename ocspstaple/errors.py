@@ -47,3 +47,7 @@ class TrustError(StoreError):
 
 class DeployError(OcspstapleError):
     """A written staple could not be handed to the server (push or hook, exit 1)."""
+
+
+class ServedError(OcspstapleError):
+    """A TLS server could not be asked what it staples (not listening, no TLS handshake)."""

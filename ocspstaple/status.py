@@ -12,9 +12,9 @@ import enum
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from ocspstaple import state
 from ocspstaple.certs import describe, load_pair, must_staple
@@ -23,9 +23,148 @@ from ocspstaple.errors import InputError, TrustError
 from ocspstaple.refresh import inspect_disk
 from ocspstaple.store import Store
 from ocspstaple.text import one_line, plugin_text, shown
-from ocspstaple.validate import CertStatus, VerifiedResponse
+from ocspstaple.validate import CertStatus, VerifiedResponse, check_window, fmt_time, verify
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from ocspstaple.certs import Pair
+    from ocspstaple.served import Handshake
 
 Clock = Callable[[], dt.datetime]
+
+#: How long a server may go on stapling an older staple than the file's (a
+#: reload or push may be on its way): check's --served-grace.
+DEFAULT_SERVED_GRACE = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Served:
+    """What one TLS server staples for a certificate, beside the file."""
+
+    address: str
+    servername: str | None
+    #: why the server could not be asked (not listening, no TLS): UNKNOWN
+    error: str = ""
+    #: the certificate it presented: "CN=localhost, serial 1A2B"
+    presented: str = ""
+    #: it presented another certificate than the staple's
+    other_cert: bool = False
+    #: the served staple, when it passed the same checks as refresh's (the
+    #: window apart: see ``usable``)
+    staple: VerifiedResponse | None = None
+    usable: bool = False
+    #: why there is no usable served staple ("none stapled", "not valid: ...")
+    problem: str = ""
+    #: the same response as the file's (the same thisUpdate)
+    same_as_file: bool = False
+    #: the file has held a newer staple than the served one since then
+    #: (its modification time); None unless the served one is older
+    behind_since: dt.datetime | None = None
+    #: how to make this server pick up the file, for the "older" verdict
+    fix: str = ""
+
+    @property
+    def where(self) -> str:
+        return self.address + (f" ({self.servername})" if self.servername else "")
+
+    def left(self, now: dt.datetime) -> dt.timedelta | None:
+        return None if self.staple is None or not self.usable else self.staple.expires - now
+
+    @property
+    def verdict(self) -> str:
+        """A short word for the status table and JSON."""
+        if self.error:
+            return "unreachable"
+        if self.other_cert:
+            return "other certificate"
+        if self.staple is None:
+            return "none" if self.problem == NONE_STAPLED else "not valid"
+        if not self.usable:
+            return "expired"
+        if self.staple.status is CertStatus.REVOKED:
+            return "revoked"
+        if self.same_as_file:
+            return "same as file"
+        return "older than file" if self.behind_since is not None else "other than file"
+
+
+NONE_STAPLED = "none stapled"
+
+
+def _presented(cert: x509.Certificate) -> str:
+    return f"{cert.subject.rfc4514_string() or '(empty subject)'}, serial {cert.serial_number:X}"
+
+
+def default_servername(cert: x509.Certificate) -> str | None:
+    """The SNI name to ask with when none is given: the certificate's first
+    DNS name that is not a wildcard (a server picks its certificate by it)."""
+    from cryptography import x509 as x
+
+    try:
+        names = cert.extensions.get_extension_for_class(x.SubjectAlternativeName).value.get_values_for_type(
+            x.DNSName)
+    except (x.ExtensionNotFound, ValueError):
+        names = []
+    return next((n for n in names if not n.startswith("*.")), None)
+
+
+def reload_fix(st: Staple) -> str:
+    """The documented way to make the server load a changed staple file.
+
+    A staple beside HAProxy's crt (``site.pem.ocsp``) or with a stats
+    socket is HAProxy's; any other file is nginx's ssl_stapling_file (httpd
+    has no stapling file: it fetches through ``serve``, and keeps its cache).
+    """
+    if st.haproxy_socket or str(st.output) == str(st.cert) + ".ocsp":
+        return ("HAProxy loads the .ocsp file only at start: push it with refresh --haproxy-socket "
+                "(set ssl ocsp-response) or restart HAProxy")
+    return ("nginx reads ssl_stapling_file only at reload: run 'nginx -s reload' or 'systemctl reload nginx' "
+            "(refresh --deploy-hook); httpd: restart it or lower SSLStaplingStandardCacheTimeout")
+
+
+def ask_server(
+    address: str, *, servername: str | None, pair: Pair, file: VerifiedResponse | None,
+    written: dt.datetime | None, handshake: Handshake, timeout: float, now: dt.datetime,
+    default_validity: dt.timedelta, fix: str = "",
+) -> Served:
+    """One handshake with ``address``, and what its staple is beside the file's.
+
+    ``written``: when the staple file last changed (its modification time)."""
+    from ocspstaple.errors import ServedError, ValidationError
+
+    servername = servername or default_servername(pair.cert)
+    base = Served(address=address, servername=servername, fix=fix)
+    try:
+        got = handshake(address=address, servername=servername, timeout=timeout)
+    except ServedError as e:
+        return replace(base, error=str(e))
+    leaf = got.chain[0]
+    base = replace(base, presented=_presented(leaf))
+    if leaf != pair.cert:
+        return replace(base, other_cert=True)
+    if got.staple is None:
+        return replace(base, problem=NONE_STAPLED)
+    try:
+        resp = verify(got.staple, pair=pair, default_validity=default_validity)
+    except ValidationError as e:
+        return replace(base, problem=f"stapled response not valid: {e}")
+    try:
+        check_window(resp, now=now)
+        usable, problem = True, ""
+    except ValidationError as e:
+        usable, problem = False, f"stapled response not valid: {e}"
+    base = replace(base, staple=resp, usable=usable, problem=problem)
+    if file is None:
+        return base
+    if resp.this_update == file.this_update:
+        return replace(base, same_as_file=True)
+    if resp.this_update < file.this_update:
+        # A file written with a response older than it claims (mtime before
+        # thisUpdate cannot be) is timed from its thisUpdate.
+        since = file.this_update if written is None else max(written, file.this_update)
+        return replace(base, behind_since=since)
+    return base
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +185,8 @@ class Row:
     max_refresh_interval: dt.timedelta = DEFAULT_MAX_REFRESH_INTERVAL
     bad_input: bool = False
     record: state.Record = state.Record()
+    #: what the staple's TLS servers staple (only when asked to connect)
+    served: tuple[Served, ...] = ()
 
     @property
     def status(self) -> str:
@@ -67,10 +208,33 @@ class Row:
         return self.staple.refresh_due(self.refresh_at, self.max_refresh_interval)
 
 
+def _modified(path: Path) -> dt.datetime | None:
+    """When the staple file last changed (None when it cannot be told); a
+    stat only, which neither blocks nor follows anything into a write."""
+    try:
+        return dt.datetime.fromtimestamp(os.stat(path).st_mtime, dt.timezone.utc)
+    except (OSError, ValueError):
+        return None
+
+
+def ask_servers(st: Staple, pair: Pair, file: VerifiedResponse | None, *, handshake: Handshake,
+                now: dt.datetime) -> tuple[Served, ...]:
+    """What each of ``st.connect`` staples (nothing when it names none)."""
+    if not st.connect:
+        return ()
+    written = _modified(st.output)
+    return tuple(ask_server(a, servername=st.servername, pair=pair, file=file, written=written, handshake=handshake,
+                            timeout=st.timeout, now=now, default_validity=st.default_validity, fix=reload_fix(st))
+                 for a in st.connect)
+
+
 def examine(
-    staples: Sequence[Staple | BadEntry], *, store: Store, clock: Clock, state_dir: Path | None
+    staples: Sequence[Staple | BadEntry], *, store: Store, clock: Clock, state_dir: Path | None,
+    handshake: Handshake | None = None,
 ) -> list[Row]:
-    """A Row per staple, in order; one broken certificate never hides the others."""
+    """A Row per staple, in order; one broken certificate never hides the others.
+
+    With ``handshake``, each staple's ``connect`` servers are asked what they staple."""
     now = clock()
     rows = []
     for st in staples:
@@ -88,11 +252,13 @@ def examine(
         except TrustError as e:
             rows.append(Row(name=st.name, output=st.output, problem=str(e), bad_input=True, record=record))
             continue
+        served = () if handshake is None else ask_servers(st, pair, disk.usable or disk.revoked,
+                                                            handshake=handshake, now=now)
         rows.append(Row(
             name=st.name, output=st.output, subject=describe(pair.cert), serial=pair.serial_hex,
             must_staple=must_staple(pair.cert), staple=disk.usable or disk.revoked, usable=disk.usable is not None,
             problem=disk.problem, refresh_at=st.refresh_at, max_refresh_interval=st.max_refresh_interval,
-            record=record,
+            record=record, served=served,
         ))
     return rows
 
@@ -157,6 +323,15 @@ def table(rows: Sequence[Row], now: dt.datetime) -> list[tuple[str, ...]]:
             duration(row.left(now)) if row.usable else "-", _when(row.refresh_due),
             _yes_no(row.must_staple), last_failure(row, now),
         ))
+        for sv in row.served:
+            t = sv.staple
+            note = sv.error or sv.problem or (f"older than the file for {age(now - sv.behind_since)}"
+                                              if sv.behind_since is not None else "-")
+            out.append((
+                f"  served by {sv.where}", sv.presented or "-", sv.verdict,
+                _when(t.this_update if t else None), _when(t.next_update if t else None),
+                duration(sv.left(now)) if sv.usable else "-", "-", "-", note,
+            ))
     return out
 
 
@@ -176,6 +351,23 @@ def format_table(cells: Sequence[tuple[str, ...]], *, style: Callable[[str, str]
             parts.append(text)
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
+
+
+def _served_json(sv: Served, now: dt.datetime, t: Callable[[dt.datetime | None], str | None]) -> dict[str, object]:
+    s, left = sv.staple, sv.left(now)
+    return {
+        "connect": sv.address,
+        "servername": sv.servername,
+        "verdict": sv.verdict,
+        "presented": sv.presented or None,
+        "problem": sv.error or sv.problem or None,
+        "status": None if s is None else s.status.value,
+        "this_update": t(s.this_update if s else None),
+        "next_update": t(s.next_update if s else None),
+        "seconds_left": None if left is None else max(0, int(left.total_seconds())),
+        "same_as_file": sv.same_as_file,
+        "older_than_file_since": t(sv.behind_since),
+    }
 
 
 def to_json(rows: Sequence[Row], now: dt.datetime) -> str:
@@ -209,6 +401,7 @@ def to_json(rows: Sequence[Row], now: dt.datetime) -> str:
             "failing_since": t(r.failing_since),
             "consecutive_failures": r.consecutive_failures,
             "last_error": r.last_error,
+            "served": [_served_json(sv, now, t) for sv in row.served],
         })
     return json.dumps(items, indent=2)
 
@@ -296,17 +489,63 @@ def evaluate(row: Row, now: dt.datetime, *, warning: Threshold, critical: Thresh
     return State.OK, ""
 
 
-def _label(row: Row) -> str:
+def evaluate_served(row: Row, sv: Served, now: dt.datetime, *, warning: Threshold, critical: Threshold,
+                    grace: dt.timedelta) -> tuple[State, str]:
+    """What one server staples: its state and, unless OK, why (naming the
+    certificate it presented, so that a wrong servername shows)."""
+    if sv.error:
+        return State.UNKNOWN, f"{sv.where}: {sv.error}"
+    if sv.other_cert:
+        return State.CRITICAL, (f"{sv.where} presented another certificate: {sv.presented} "
+                                f"(not serial {row.serial}; is the servername right?)")
+    if sv.staple is None:
+        # Without a staple a client asks the CA itself, or gives up quietly;
+        # a must-staple certificate is refused by browsers.
+        bad = State.CRITICAL if row.must_staple or sv.problem != NONE_STAPLED else State.WARNING
+        return bad, f"{sv.where}: {sv.problem} ({sv.presented})"
+    if not sv.usable:
+        return State.CRITICAL, f"{sv.where}: {sv.problem}"
+    if sv.staple.status is CertStatus.REVOKED:
+        return State.CRITICAL, f"{sv.where} staples a revocation"
+    left, window = sv.staple.expires - now, sv.staple.expires - sv.staple.this_update
+    result = State.OK
+    if left < critical.of(window):
+        result = State.CRITICAL
+    elif left < warning.of(window):
+        result = State.CRITICAL if row.must_staple else State.WARNING
+    if sv.behind_since is not None and now - sv.behind_since > grace and row.staple is not None:
+        result = max(result, State.WARNING, key=lambda s: s.rank)
+        return result, (f"{sv.where} staples an older response (thisUpdate {fmt_time(sv.staple.this_update)}, "
+                        f"{duration(left)} left) than the file's ({fmt_time(row.staple.this_update)}) "
+                        f"for {age(now - sv.behind_since)}: {sv.fix}")
+    if result is not State.OK:
+        return result, f"{sv.where} staples a response with {duration(left)} left"
+    return State.OK, ""
+
+
+def _label(row: Row, sv: Served | None = None) -> str:
     # Quotes and "=" would end the label early (Nagios plugin guidelines).
-    text = one_line(str(row.output or row.name))
+    text = one_line(str(row.output or row.name) + ("" if sv is None else f"@{sv.address}"))
     return "'" + text.replace("'", "_").replace("=", "_") + "'"
 
 
+def _perf(label: str, left: dt.timedelta | None, window: dt.timedelta | None, *, warning: Threshold,
+          critical: Threshold) -> str:
+    if left is None or window is None:
+        return f"{label}=0s;;;0"
+    # Thresholds as Nagios ranges "N:": alert when the time left falls below N.
+    return (f"{label}={max(0, int(left.total_seconds()))}s;"
+            f"{int(warning.of(window).total_seconds())}:;{int(critical.of(window).total_seconds())}:;0;"
+            f"{int(window.total_seconds())}")
+
+
 def check_line(rows: Sequence[Row], now: dt.datetime, *, warning: Threshold, critical: Threshold,
-               max_failing: dt.timedelta) -> tuple[State, str]:
+               max_failing: dt.timedelta, grace: dt.timedelta = DEFAULT_SERVED_GRACE) -> tuple[State, str]:
     """The plugin's state and its one output line, with perfdata."""
     results = [(row, *evaluate(row, now, warning=warning, critical=critical, max_failing=max_failing))
                for row in rows]
+    results += [(row, *evaluate_served(row, sv, now, warning=warning, critical=critical, grace=grace))
+                for row in rows for sv in row.served]
     overall = max((s for _, s, _ in results), key=lambda s: s.rank, default=State.UNKNOWN)
     if not rows:
         return State.UNKNOWN, "OCSPSTAPLE UNKNOWN - no certificates to check"
@@ -320,16 +559,18 @@ def check_line(rows: Sequence[Row], now: dt.datetime, *, warning: Threshold, cri
     else:
         soonest = min(rows, key=lambda r: r.left(now) or dt.timedelta.max)
         summary = f"{len(rows)} staple(s) valid, least left {duration(soonest.left(now))} ({soonest.name})"
+        served = [f"{sv.where} staples {'the file' + chr(39) + 's' if sv.same_as_file else 'a valid one'} "
+                  f"({sv.presented})" for row in rows for sv in row.served]
+        if served:
+            summary += "; " + "; ".join(served)
     perf = []
     for row in rows:
-        left, window = row.left(now), row.window
-        if left is None or window is None or not row.usable:
-            perf.append(f"{_label(row)}=0s;;;0")
-            continue
-        # Thresholds as Nagios ranges "N:": alert when the time left falls below N.
-        perf.append(f"{_label(row)}={max(0, int(left.total_seconds()))}s;"
-                    f"{int(warning.of(window).total_seconds())}:;{int(critical.of(window).total_seconds())}:;0;"
-                    f"{int(window.total_seconds())}")
+        perf.append(_perf(_label(row), row.left(now) if row.usable else None, row.window,
+                          warning=warning, critical=critical))
+        for sv in row.served:
+            s = sv.staple
+            perf.append(_perf(_label(row, sv), sv.left(now), None if s is None else s.expires - s.this_update,
+                              warning=warning, critical=critical))
     # A file name may hold a newline (a second line is another field for the
     # monitoring system) or "|" (which starts the perfdata).
     return overall, f"OCSPSTAPLE {overall.name} - {plugin_text(summary)} | " + plugin_text(" ".join(perf))
@@ -348,6 +589,15 @@ METRICS = (
     ("ocspstaple_staple_must_staple", "1 if the certificate is must-staple (RFC 7633)."),
     ("ocspstaple_last_success_timestamp_seconds", "Last time a valid response was fetched."),
     ("ocspstaple_consecutive_failures", "Failed refreshes since the last success."),
+    ("ocspstaple_failing_since_timestamp_seconds", "When the current run of failed refreshes began."),
+)
+#: what a staple's connect servers staple (labels: the staple's, plus connect and servername)
+SERVED_METRICS = (
+    ("ocspstaple_served_up", "1 if the server answered the handshake with the staple's certificate."),
+    ("ocspstaple_served_staple_present", "1 if the server stapled a response that passed the checks."),
+    ("ocspstaple_served_this_update_timestamp_seconds", "thisUpdate of the response the server staples."),
+    ("ocspstaple_served_next_update_timestamp_seconds", "nextUpdate of the response the server staples."),
+    ("ocspstaple_served_matches_file", "1 if the server staples the file's response (the same thisUpdate)."),
 )
 RUN_METRICS = (
     ("ocspstaple_run_duration_seconds", "Wall time of the last refresh run."),
@@ -369,6 +619,8 @@ class MetricStaple:
     cert: Path | None = None
     #: the config's table name ([staple.NAME]) or the certbot lineage's
     label: str = ""
+    #: what its connect servers staple
+    served: tuple[Served, ...] = ()
 
 
 def _esc(v: str) -> str:
@@ -387,9 +639,25 @@ def _num(v: float) -> str:
     return repr(float(v)) if not math.isinf(v) else "+Inf"
 
 
+def _served_series(series: dict[str, list[str]], labels: str, sv: Served) -> None:
+    up = not sv.error and not sv.other_cert
+    series["ocspstaple_served_up"].append(f"{{{labels}}} {int(up)}")
+    if not up:
+        return
+    s = sv.staple
+    series["ocspstaple_served_staple_present"].append(f"{{{labels}}} {int(s is not None)}")
+    series["ocspstaple_served_matches_file"].append(f"{{{labels}}} {int(sv.same_as_file)}")
+    if s is not None:
+        series["ocspstaple_served_this_update_timestamp_seconds"].append(
+            f"{{{labels}}} {_num(s.this_update.timestamp())}")
+        if s.next_update is not None:
+            series["ocspstaple_served_next_update_timestamp_seconds"].append(
+                f"{{{labels}}} {_num(s.next_update.timestamp())}")
+
+
 def metrics_text(staples: Iterable[MetricStaple], *, duration_s: float, ended: dt.datetime, code: int) -> str:
     """The textfile (newline-terminated), one series per staple and metric."""
-    series: dict[str, list[str]] = {name: [] for name, _ in METRICS}
+    series: dict[str, list[str]] = {name: [] for name, _ in METRICS + SERVED_METRICS}
     for m in staples:
         labels = (f'cert="{_esc(_stable(m.cert) if m.cert is not None else m.name)}",'
                   f'output="{_esc(_stable(m.output) if m.output is not None else "")}",staple="{_esc(m.label)}"')
@@ -413,8 +681,16 @@ def metrics_text(staples: Iterable[MetricStaple], *, duration_s: float, ended: d
             series["ocspstaple_last_success_timestamp_seconds"].append(
                 f"{{{labels}}} {_num(m.record.last_success.timestamp())}")
         series["ocspstaple_consecutive_failures"].append(f"{{{labels}}} {m.record.consecutive_failures}")
+        if m.record.consecutive_failures and m.record.failing_since is not None:
+            series["ocspstaple_failing_since_timestamp_seconds"].append(
+                f"{{{labels}}} {_num(m.record.failing_since.timestamp())}")
+        for sv in m.served:
+            _served_series(series, f'{labels},connect="{_esc(sv.address)}",servername="{_esc(sv.servername or "")}"',
+                           sv)
     lines = []
-    for name, help_text in METRICS:
+    for name, help_text in METRICS + SERVED_METRICS:
+        if name not in dict(METRICS) and not series[name]:
+            continue  # no connect servers: the served metrics are not announced
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         lines += [name + s for s in series[name]]
     run_values = {"ocspstaple_run_duration_seconds": _num(duration_s),

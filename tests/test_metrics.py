@@ -27,6 +27,7 @@ PER_STAPLE = [
     "ocspstaple_staple_expiry_timestamp_seconds", "ocspstaple_staple_refresh_due_timestamp_seconds",
     "ocspstaple_staple_status", "ocspstaple_staple_must_staple",
     "ocspstaple_last_success_timestamp_seconds", "ocspstaple_consecutive_failures",
+    "ocspstaple_failing_since_timestamp_seconds",
 ]
 RUN = ["ocspstaple_run_duration_seconds", "ocspstaple_run_timestamp_seconds", "ocspstaple_run_exit_code"]
 STATUS = "ocspstaple_staple_status"

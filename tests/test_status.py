@@ -189,7 +189,7 @@ def test_json_schema_and_values(tmp_path: Path, ca: CA):
         "revocation_time": None, "revocation_reason": None,
         "signer": "the issuer", "must_staple": False, "last_attempt": state.iso(now - HOUR),
         "last_success": state.iso(now - 2 * HOUR), "failing_since": state.iso(now - HOUR),
-        "consecutive_failures": 1, "last_error": "responder answered tryLater",
+        "consecutive_failures": 1, "last_error": "responder answered tryLater", "served": [],
     }
     assert good["serial"] == format(certs["good"].leaf.cert.serial_number, "X")
     assert by[certs["must"].name]["must_staple"] is True

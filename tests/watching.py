@@ -29,7 +29,7 @@ COLUMNS = ("CERTIFICATE", "STAPLE", "STATUS", "THIS UPDATE", "NEXT UPDATE", "LEF
 JSON_KEYS = sorted([
     "cert", "consecutive_failures", "expires", "failing_since", "last_attempt", "last_error",
     "last_success", "must_staple", "next_update", "output", "problem", "refresh_due",
-    "revocation_reason", "revocation_time", "seconds_left", "serial", "signer", "status", "subject",
+    "revocation_reason", "revocation_time", "seconds_left", "served", "serial", "signer", "status", "subject",
     "this_update", "usable",
 ])
 

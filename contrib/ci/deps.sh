@@ -9,6 +9,7 @@
 #   mandoc                     the man page lint
 #   systemd                    systemd-analyze verify and security of
 #                              contrib/systemd
+#   prometheus                 promtool: check and test contrib/prometheus's alert rules
 #   man-db                     `man`: verify checks Documentation=man:...,
 #                              and the install test runs `man -w ocspstaple`
 set -euo pipefail
@@ -22,6 +23,7 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v mandoc >/dev/null 2>&1 || need+=(mandoc)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v man >/dev/null 2>&1 || need+=(man-db)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
