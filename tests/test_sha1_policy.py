@@ -30,7 +30,13 @@ from ocspstaple.validate import CertStatus, validate
 
 UTC = dt.timezone.utc
 # openssl ocsp checks the certificates' validity on today's clock: so do these files.
-NOW = dt.datetime.now(UTC).replace(microsecond=0)
+
+
+def now() -> dt.datetime:
+    """The moment of the call: the module's fixtures (and openssl's
+    certificates, which start the second they are made) may run minutes
+    after collection in a full suite."""
+    return dt.datetime.now(UTC).replace(microsecond=0)
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -102,7 +108,7 @@ def sha1_chain(tmp_path_factory) -> Chain:
     d = tmp_path_factory.mktemp("sha1")
     root = make_cert(d, "ca", "SHA-1 Root", ca=None, is_ca=True)
     leaf = make_cert(d, "leaf", "sha1.example.test", ca="ca")
-    return Chain(CA(cert=root.cert, key=root.key, now=NOW), leaf, d)
+    return Chain(CA(cert=root.cert, key=root.key, now=now()), leaf, d)
 
 
 def openssl_ocsp(resp: Path, chain: Chain) -> tuple[bool, str]:
@@ -121,15 +127,14 @@ def respond(chain: Chain, name: str, *, signer: Issued | None = None, key=None, 
     by ``signer`` (default: the CA) or by ``key`` instead of the signer's own."""
     signer = signer or chain.ca
     # producedAt now: openssl's certificates start the second they are made
-    made = chain.ca.respond(chain.leaf.cert, this_update=NOW - HOUR, signer=signer,
-                            produced_at=dt.datetime.now(UTC).replace(microsecond=0))
+    made = chain.ca.respond(chain.leaf.cert, this_update=now() - HOUR, signer=signer, produced_at=now())
     path = chain.dir / name
     path.write_bytes(assemble(parts(made), key or signer.key, sig_alg=sig_alg, hash_alg=digest or hashes.SHA1()))
     return path
 
 
 def judge(resp: Path, chain: Chain) -> CertStatus:
-    return validate(resp.read_bytes(), pair=chain.pair, now=NOW).status
+    return validate(resp.read_bytes(), pair=chain.pair, now=now()).status
 
 
 # -- a certificate signed by its issuer with SHA-1 ----------------------------------------
@@ -200,7 +205,7 @@ def sha1_delegate(sha1_chain: Chain) -> Issued:
 
 def test_sha1_signed_delegate(sha1_chain: Chain, sha1_delegate: Issued):
     resp = respond(sha1_chain, "delegate.der", signer=sha1_delegate)
-    v = validate(resp.read_bytes(), pair=sha1_chain.pair, now=NOW)
+    v = validate(resp.read_bytes(), pair=sha1_chain.pair, now=now())
     assert v.status is CertStatus.GOOD and v.signer == "delegated responder 'SHA-1 OCSP Responder'"
     ok, out = openssl_ocsp(resp, sha1_chain)
     assert ok and "leaf.pem: good" in out, out
