@@ -108,7 +108,9 @@ def why(e: OSError) -> str:
     """An OSError in words, naming the directory on the way when that is
     what failed (``No such file or directory: /srv/gone``)."""
     text = e.strerror or str(e)
-    return f"{text}: {e.filename}" if isinstance(e.filename, str) and e.filename else text
+    # A bare name (of an open relative to a directory descriptor) says nothing
+    # the message does not: only a path on the way (walk's) is added.
+    return f"{text}: {e.filename}" if isinstance(e.filename, str) and "/" in e.filename else text
 
 
 def _regular(st: os.stat_result) -> None:

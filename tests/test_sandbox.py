@@ -21,16 +21,20 @@ Each working case has a twin where the unit lacks what it needs, and fails.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, Run
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 from pki import CA, DAY, Issued
 from responder import Reply, Responder
 from sandbox import Unit
@@ -116,17 +120,21 @@ exec sleep 600
     def stop(self) -> None:
         stop_process(self.proc)
 
-    def run_unit(self, unit: Unit, *, timeout: float = 60) -> Run:
-        """The unit's ExecStart in the unit's sandbox on this machine; this checkout's program."""
+    def unit_argv(self, unit: Unit) -> list[str]:
+        """The command that runs the unit's ExecStart in the unit's sandbox on
+        this machine, with this checkout's program."""
         argv = unit.exec_start()
         assert argv[0] == PROGRAM, argv
         program = [sys.executable, "-m", "ocspstaple"]
         keep = sorted({str(ROOT), sys.prefix, sys.base_prefix})
         spec = unit.spec(keep, {"PYTHONPATH": str(ROOT)})
-        p = subprocess.run(self.enter("unshare", "-m", "--propagation", "private", "--", sys.executable,
-                                      str(SANDBOX), json.dumps(spec), "--", *program,
-                                      *(stand_in(a) for a in argv[1:])),
-                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return self.enter("unshare", "-m", "--propagation", "private", "--", sys.executable,
+                          str(SANDBOX), json.dumps(spec), "--", *program, *(stand_in(a) for a in argv[1:]))
+
+    def run_unit(self, unit: Unit, *, timeout: float = 60) -> Run:
+        """The unit's ExecStart in the unit's sandbox on this machine, to its end."""
+        p = subprocess.run(self.unit_argv(unit), capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
         return Run(p.returncode, p.stdout, p.stderr)
 
 
@@ -379,3 +387,49 @@ output = "/srv/tls/ocsp/own.der"
     assert run.code == 0, run.err
     assert read_staple(m.path("/srv/tls/ocsp/own.der")).cert_status == "good"
 
+
+
+# -- the serve unit ----------------------------------------------------------------------
+
+def serve_unit(port: int, *, exec_start: str | None = None) -> Unit:
+    text = (SYSTEMD / "ocspstaple-serve.service").read_text().replace("127.0.0.1:8089", f"127.0.0.1:{port}")
+    if exec_start is not None:
+        text = re.sub(r"^ExecStart=.*$", f"ExecStart={exec_start}", text, flags=re.M)
+    return Unit.parse(text)
+
+
+def test_the_serve_unit_answers_from_the_staples_in_its_sandbox(world):
+    m = world.machine
+    cert, _, staple = world.nginx_site("web")
+    m.write("/etc/ocspstaple.toml", f'[staple.web]\ncert = "{cert}"\noutput = "{staple}"\n')
+    port = free_port()
+    proc = subprocess.Popen(m.unit_argv(serve_unit(port)), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert f"listening on http://127.0.0.1:{port}/" in line, line + proc.stderr.read()
+        leaf = next(iter(world.leaves.values()))
+        req = ocsp.OCSPRequestBuilder().add_certificate(leaf.cert, world.ca.cert, hashes.SHA1()).build()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/", body=req.public_bytes(serialization.Encoding.DER),
+                     headers={"Content-Type": "application/ocsp-request"})
+        answer = conn.getresponse().read()
+        conn.close()
+        assert answer == m.path(staple).read_bytes()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_twin_the_serve_unit_can_write_nothing(world):
+    """The serve unit's sandbox is real: what refresh needs (a writable staple
+    directory) it does not grant, and the same refresh fails inside it."""
+    m = world.machine
+    cert, _, staple = world.nginx_site("web")
+    m.write("/etc/ocspstaple.toml", f'[staple.web]\ncert = "{cert}"\noutput = "{staple}"\n')
+    unit = serve_unit(free_port(), exec_start=f"{PROGRAM} refresh --config /etc/ocspstaple.toml")
+    run = m.run_unit(unit)
+    # The staple is still valid: kept (1), and nothing written.
+    assert run.code == 1 and "Read-only file system" in run.err, run.err
+    assert m.run_unit(base_unit()).code == 0  # the timer's unit refreshes the same staple
