@@ -648,11 +648,15 @@ def _served_series(series: dict[str, list[str]], labels: str, sv: Served) -> Non
     series["ocspstaple_served_staple_present"].append(f"{{{labels}}} {int(s is not None)}")
     series["ocspstaple_served_matches_file"].append(f"{{{labels}}} {int(sv.same_as_file)}")
     if s is not None:
-        series["ocspstaple_served_this_update_timestamp_seconds"].append(
-            f"{{{labels}}} {_num(s.this_update.timestamp())}")
-        if s.next_update is not None:
-            series["ocspstaple_served_next_update_timestamp_seconds"].append(
-                f"{{{labels}}} {_num(s.next_update.timestamp())}")
+        _times(series, "served", labels, s)
+
+
+def _times(series: dict[str, list[str]], kind: str, labels: str, s: VerifiedResponse) -> None:
+    """thisUpdate and (when it has one) nextUpdate of a ``kind`` ("staple" or "served") response."""
+    series[f"ocspstaple_{kind}_this_update_timestamp_seconds"].append(f"{{{labels}}} {_num(s.this_update.timestamp())}")
+    if s.next_update is not None:
+        series[f"ocspstaple_{kind}_next_update_timestamp_seconds"].append(
+            f"{{{labels}}} {_num(s.next_update.timestamp())}")
 
 
 def metrics_text(staples: Iterable[MetricStaple], *, duration_s: float, ended: dt.datetime, code: int) -> str:
@@ -663,11 +667,7 @@ def metrics_text(staples: Iterable[MetricStaple], *, duration_s: float, ended: d
                   f'output="{_esc(_stable(m.output) if m.output is not None else "")}",staple="{_esc(m.label)}"')
         s = m.staple
         if s is not None:
-            series["ocspstaple_staple_this_update_timestamp_seconds"].append(
-                f"{{{labels}}} {_num(s.this_update.timestamp())}")
-            if s.next_update is not None:
-                series["ocspstaple_staple_next_update_timestamp_seconds"].append(
-                    f"{{{labels}}} {_num(s.next_update.timestamp())}")
+            _times(series, "staple", labels, s)
             series["ocspstaple_staple_expiry_timestamp_seconds"].append(f"{{{labels}}} {_num(s.expires.timestamp())}")
         if m.refresh_due is not None:
             series["ocspstaple_staple_refresh_due_timestamp_seconds"].append(

@@ -18,11 +18,11 @@ from conftest import FixedClock, NoNetwork, run_cli
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from pki import CA, DAY, HOUR, assemble, ext, parts, seq, tlv, with_single_extension, write_pem
+from test_validate import NOW, pair, refused, resp  # noqa: F401  (pair is a fixture: this module's ca and leaf)
 
 from ocspstaple import der, state
-from ocspstaple.certs import Pair
 from ocspstaple.config import BadEntry, Options, Staple, read_config
-from ocspstaple.errors import ConfigError, ValidationError
+from ocspstaple.errors import ConfigError
 from ocspstaple.fetch import HttpReply
 from ocspstaple.refresh import Result, refresh_one
 from ocspstaple.status import MetricStaple, Threshold, evaluate, examine, metrics_text
@@ -30,7 +30,6 @@ from ocspstaple.store import FileStore
 from ocspstaple.validate import CertStatus, validate
 
 UTC = dt.timezone.utc
-NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 MIN = dt.timedelta(minutes=1)
 URL = "http://ocsp.test/"
 
@@ -45,21 +44,6 @@ def leaf(ca: CA):
     return ca.issue("www.example.test", ocsp_urls=(URL,))
 
 
-@pytest.fixture(scope="module")
-def pair(ca: CA, leaf) -> Pair:
-    return Pair(cert=leaf.cert, issuer=ca.cert)
-
-
-def resp(ca: CA, leaf, **kw) -> bytes:
-    kw.setdefault("this_update", NOW - HOUR)
-    kw.setdefault("produced_at", min(kw["this_update"], NOW))
-    return ca.respond(leaf.cert, **kw)
-
-
-def refused(data: bytes, pair: Pair, match: str, now: dt.datetime = NOW) -> str:
-    with pytest.raises(ValidationError, match=match) as e:
-        validate(data, pair=pair, now=now)
-    return str(e.value)
 
 
 class Network:

@@ -41,9 +41,11 @@ def resp(ca: CA, leaf, **kw) -> bytes:
     return ca.respond(leaf.cert, **kw)
 
 
-def refused(data: bytes, pair: Pair, match: str, now: dt.datetime = NOW) -> None:
-    with pytest.raises(ValidationError, match=match):
+def refused(data: bytes, pair: Pair, match: str, now: dt.datetime = NOW) -> str:
+    """The validator's reason for refusing ``data``, which must match ``match``."""
+    with pytest.raises(ValidationError, match=match) as e:
         validate(data, pair=pair, now=now)
+    return str(e.value)
 
 
 # -- signature and signer -----------------------------------------------------
