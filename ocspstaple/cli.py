@@ -447,17 +447,18 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
     from ocspstaple.config import DEFAULT_HOOK_TIMEOUT, Staple
     from ocspstaple.deploy import changed_outputs, push_staples, run_hook
     from ocspstaple.errors import DeployError
-    from ocspstaple.fetch import HttpTransport
+    from ocspstaple.fetch import HttpTransport, Origins
     from ocspstaple.refresh import exit_code, refresh_all
     from ocspstaple.store import FileStore
 
     log = logging.getLogger("ocspstaple.cli")
     transports: dict[tuple[float, str | None], HttpTransport] = {}
+    origins = Origins()
 
     def network(timeout: float, proxy: str | None) -> HttpTransport:
         key = (timeout, proxy)
         if key not in transports:
-            transports[key] = HttpTransport(timeout=timeout, proxy=proxy)
+            transports[key] = HttpTransport(timeout=timeout, proxy=proxy, origins=origins)
         return transports[key]
 
     def clock() -> dt.datetime:
@@ -476,7 +477,8 @@ def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
     try:
         outcomes = refresh_all(staples, network=network, clock=clock, store=store, jobs=run.jobs, on_done=done,
                                hold=lambda st: state.load(st.output, run.state_dir, dirs=dirs).retry_after,
-                               recall=lambda st: state.recall(st.output, run.state_dir, dirs=dirs))
+                               recall=lambda st: state.recall(st.output, run.state_dir, dirs=dirs),
+                               origins=origins)
     except KeyboardInterrupt:
         # Writes are atomic: whatever was interrupted left the staple as it was.
         log.error("interrupted; staples not yet refreshed are left as they were")

@@ -5,6 +5,7 @@ none of them on its own.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import enum
 import hashlib
@@ -21,8 +22,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ocspstaple.certs import Pair, build_request, must_staple, ocsp_urls, pair_of, parse_pem, read_pem_bytes
 from ocspstaple.config import AIA, BadEntry, Staple
-from ocspstaple.errors import FetchError, InputError, StaleError, StoreError, TrustError, ValidationError
-from ocspstaple.fetch import Fetched, HttpReply, Transport, fetch
+from ocspstaple.errors import (
+    FetchError,
+    InputError,
+    StaleError,
+    StoreError,
+    TrustError,
+    UnreachableError,
+    ValidationError,
+)
+from ocspstaple.fetch import Fetched, HttpReply, Origins, Transport, fetch
 from ocspstaple.state import Checked
 from ocspstaple.store import Store
 from ocspstaple.urls import check_url
@@ -110,6 +119,9 @@ class Outcome:
     must_staple: bool = False
     #: checked_digest of the inputs and ``staple``, for the state record
     digest: str | None = None
+    #: the refresh failed only because these responder origins gave no answer
+    #: at all (timed out, refused, reset, or found down and not asked)
+    unreachable: tuple[str, ...] = ()
 
     def checked(self) -> Checked | None:
         """The verdict to keep in the state record: ``staple`` passed every
@@ -147,6 +159,7 @@ def refresh_all(
     hold: Callable[[Staple], dt.datetime | None] | None = None,
     recall: Recall | None = None,
     split_at: int = SPLIT_AT,
+    origins: Origins | None = None,
 ) -> list[Outcome]:
     """Refresh every staple; one failure never stops the others.
 
@@ -178,9 +191,14 @@ def refresh_all(
     """
     shared = _Shared(network, hold, recall)
     jobs = DEFAULT_JOBS if jobs is None else max(1, jobs)
+    #: kept staples whose responder gave no answer: said at the end, once per origin found down
+    deferred: list[Outcome] = []
 
     def done(outcome: Outcome) -> Outcome:
-        report(outcome)
+        if outcome.unreachable and outcome.result is Result.KEPT:
+            deferred.append(outcome)
+        else:
+            report(outcome)
         if on_done is not None:
             on_done(outcome)  # e.g. a progress bar; called from the worker threads
         return outcome
@@ -193,22 +211,29 @@ def refresh_all(
         if o is not None:
             done(o)
     rest = [i for i, o in enumerate(outcomes) if o is None]
-    if jobs == 1 or len(rest) <= 1:
-        for i in rest:
-            outcomes[i] = one(staples[i])
-        return _all(outcomes)
-    pool = ThreadPoolExecutor(max_workers=min(jobs, len(rest)), thread_name_prefix="ocspstaple-job")
     try:
-        futures: list[tuple[int, Future[Outcome]]] = [(i, pool.submit(one, staples[i])) for i in rest]
-        for i, f in futures:
-            outcomes[i] = f.result()
+        if jobs == 1 or len(rest) <= 1:
+            for i in rest:
+                outcomes[i] = one(staples[i])
+        else:
+            pool = ThreadPoolExecutor(max_workers=min(jobs, len(rest)), thread_name_prefix="ocspstaple-job")
+            try:
+                futures: list[tuple[int, Future[Outcome]]] = [(i, pool.submit(one, staples[i])) for i in rest]
+                for i, f in futures:
+                    outcomes[i] = f.result()
+            except BaseException:
+                # Ctrl-C: staples not started are left alone; the ones in progress
+                # finish (their writes are atomic either way).
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
     except BaseException:
-        # Ctrl-C: staples not started are left alone; the ones in progress
-        # finish (their writes are atomic either way).
-        pool.shutdown(wait=False, cancel_futures=True)
+        for o in deferred:
+            report(o)
         raise
-    pool.shutdown(wait=True)
-    return _all(outcomes)
+    finished = _all(outcomes)
+    tell_down(finished, deferred, origins.down() if origins is not None else {})
+    return finished
 
 
 def _all(outcomes: list[Outcome | None]) -> list[Outcome]:
@@ -385,7 +410,7 @@ class _Shared:
         if flight.error is not None:
             if first or not isinstance(flight.error, FetchError):
                 raise flight.error
-            raise FetchError(str(flight.error))
+            raise copy.copy(flight.error)  # its class and origin, without the first caller's traceback
         assert flight.reply is not None
         return flight.reply
 
@@ -457,6 +482,37 @@ class _Deduped:
 
 
 _LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 70: logging.ERROR}
+
+
+def tell_down(outcomes: Sequence[Outcome], deferred: Sequence[Outcome], down: dict[str, str]) -> None:
+    """Say once per origin found ``down`` (origin -> how, see
+    fetch.Origins.down) what it cost: how many staples, how many kept and until when at
+    the earliest, which are now missing.  A kept staple of such an origin has
+    its own line only under -v; ``deferred`` kept staples whose origin was
+    not found down get theirs now.  A staple left without a valid one has had
+    its own error line already."""
+    groups: dict[tuple[str, ...], list[Outcome]] = {}
+    for o in outcomes:
+        if o.unreachable and all(origin in down for origin in o.unreachable):
+            groups.setdefault(o.unreachable, []).append(o)
+    grouped = {id(o) for group in groups.values() for o in group}
+    for o in deferred:
+        if id(o) in grouped:
+            log.info("%s: %s", o.name, o.message)
+        else:
+            report(o)
+    for key, group in groups.items():
+        kept = [o.staple.expires for o in group if o.staple is not None]
+        missing = [o.name for o in group if o.staple is None]
+        what = "; ".join(f"responder {origin} is down ({down[origin]} this run)"
+                         for origin in key)
+        parts = [f"{len(group)} staple(s) not refreshed"]
+        if kept:
+            parts.append(f"{len(kept)} kept (the first runs out {fmt_time(min(kept))})")
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            parts.append(f"{len(missing)} now without a valid staple: {shown}")
+        log.log(logging.ERROR if missing else logging.WARNING, "%s: %s", what, "; ".join(parts))
 
 
 def report(o: Outcome) -> None:
@@ -601,6 +657,8 @@ def _refresh_locked(
     request = build_request(pair)
     transport = shared.network(st.timeout, st.proxy)
     failures: list[str] = []
+    unreachable: list[str] = []  # origins that gave no answer at all
+    answered = False  # some URL failed otherwise (an error answer, a refused response)
     unchanged: Outcome | None = None
     for i, url in enumerate(urls):
         try:
@@ -621,9 +679,14 @@ def _refresh_locked(
                     continue
                 return unchanged
             failures.append(_from(url, urls, str(e)))
+            answered = True
             continue
         except (FetchError, ValidationError, InputError) as e:
             failures.append(_from(url, urls, str(e)))
+            if isinstance(e, UnreachableError):
+                unreachable.append(e.origin)
+            else:
+                answered = True
             continue
         try:
             store.write(st.output, new.der)
@@ -643,7 +706,10 @@ def _refresh_locked(
                        fetched=True, message=f"wrote {st.output} ({_describe(new)}){how}")
     if unchanged is not None:  # nothing newer anywhere, and the staple on disk still valid
         return unchanged
-    return _failed(st, "; ".join(failures), disk)
+    failed = _failed(st, "; ".join(failures), disk)
+    if unreachable and not answered:  # the run may say this once for all the origin's staples
+        failed = replace(failed, unreachable=tuple(dict.fromkeys(unreachable)))
+    return failed
 
 
 class _Stale(StaleError):
