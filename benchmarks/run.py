@@ -67,7 +67,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from ocspstaple.fetch import MAX_PER_HOST  # noqa: E402
-from ocspstaple.refresh import DEFAULT_JOBS  # noqa: E402
+from ocspstaple.run import DEFAULT_JOBS  # noqa: E402
 
 UTC = dt.timezone.utc
 PEM = serialization.Encoding.PEM

@@ -132,8 +132,7 @@ class Responder:
         self._server.server_close()
         # A kept-alive connection that a client still holds would keep its
         # handler thread waiting for a next request after the test: ended here,
-        # so that no thread outlives the responder (tests of the fork split
-        # need a process with one thread).
+        # so that no thread outlives the responder.
         with self._lock:
             conns = list(self._conns)
         for conn in conns:

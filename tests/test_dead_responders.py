@@ -20,7 +20,8 @@ from responder import BlackHole, Reply, Responder, closed_port
 
 from ocspstaple.config import Staple
 from ocspstaple.fetch import DOWN_AFTER, HttpTransport, Origins
-from ocspstaple.refresh import Outcome, Result, refresh_all
+from ocspstaple.refresh import Outcome, Result
+from ocspstaple.run import refresh_all
 from ocspstaple.store import FileStore
 
 UTC = dt.timezone.utc
