@@ -67,7 +67,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from ocspstaple.fetch import MAX_PER_HOST  # noqa: E402
-from ocspstaple.refresh import DEFAULT_JOBS  # noqa: E402
+from ocspstaple.run import DEFAULT_JOBS  # noqa: E402
 
 UTC = dt.timezone.utc
 PEM = serialization.Encoding.PEM
@@ -234,7 +234,8 @@ def measure(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | No
     wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
     return {"wall_s": round(wall, 3), "exit": p.returncode, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "stderr": err.decode(errors="replace")[-2000:]}
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "stderr": err.decode(errors="replace")[-2000:],
+            "stderr_lines": err.count(b"\n")}
 
 
 def cli_env() -> dict[str, str]:
@@ -262,6 +263,59 @@ def openssl_loop(fleet: Fleet, root: Path, n: int) -> dict:
     return r
 
 
+def openssl_xargs(fleet: Fleet, root: Path, n: int, parallel: int = MAX_PER_HOST) -> dict:
+    """The parallel baseline: ``xargs -P 8 openssl ocsp``, 8 at once as our per-host cap."""
+    listing = root / "openssl-list.txt"
+    out = root / "openssl-out"
+    out.mkdir(exist_ok=True)
+    listing.write_text("".join(f"certs/{i:05d}.pem {fleet.urls[i]} openssl-out/{i:05d}.der\n" for i in range(n)))
+    script = (f'xargs -P {parallel} -L 1 sh -c \'openssl ocsp -issuer ca.pem -CAfile ca.pem -cert "$0" -url "$1" '
+              '-no_nonce -respout "$2" >/dev/null 2>&1\' < openssl-list.txt')
+    r = measure(["sh", "-c", script], cwd=root)
+    r["script"] = script
+    return r
+
+
+class BlackHole:
+    """A socket that listens (the kernel completes every handshake) and never answers."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4096)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def bench_dead(n: int, workdir: Path) -> dict:
+    """A due run over ``n`` staples whose one responder is down: a black hole
+    (accepts, never answers) and a closed port (refused); default options
+    (--timeout 10).  Goal: at most 3 x --timeout of wall time each."""
+    import socket
+
+    out: dict = {"n": n, "timeout_s": 10.0}
+    hole = BlackHole()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    try:
+        for kind, url in (("black_hole", hole.url), ("closed_port", closed)):
+            root = workdir / f"dead-{kind}"
+            config = Fleet(n, [url], now=dt.datetime.now(UTC)).write(root)
+            cmd = [*cli(), "refresh", "--config", str(config)]
+            r = measure(cmd, env=cli_env())
+            r["command"] = " ".join(cmd)
+            out[kind] = r
+            shutil.rmtree(root, ignore_errors=True)
+    finally:
+        hole.close()
+    return out
+
+
 def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     root = workdir / f"n{n}"
     responder = Responder(args.latency)
@@ -285,6 +339,7 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         due.update(requests=responder.requests, responder_max_active=responder.max_active)
         written = sum(1 for i in range(n) if (root / "certs" / f"{i:05d}.pem.ocsp").exists())
         due["written"] = written
+        due["cpu_ms_per_staple"] = round(due["cpu_s"] * 1000 / n, 2)
         row["due"] = due
         row["due_vs_bound"] = round(due["wall_s"] / row["bound_s"], 2)
 
@@ -308,11 +363,17 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
             base.update(requests=responder.requests)
             row["openssl"] = base
             row["speedup_vs_openssl"] = round(base["wall_s"] / due["wall_s"], 1)
+            responder.reset()
+            par = openssl_xargs(fleet, root, n)
+            par.update(requests=responder.requests)
+            row["openssl_xargs"] = par
     finally:
         responder.close()
 
     if args.wide:
         row["wide"] = bench_wide(n, args, workdir)
+    if n == args.dead:
+        row["dead"] = bench_dead(n, workdir)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return row
@@ -444,16 +505,18 @@ def machine() -> dict:
 
 
 def table(rows: list[dict], helpt: dict) -> str:
-    head = ("| N | due run (s) | bound (s) | due/bound | requests | peak concurrency | peak RSS (MB) "
-            "| no-op run (s) | no-op requests | no-op, full checks (s) | openssl loop (s) | speedup |")
+    head = ("| N | due run (s) | bound (s) | due/bound | requests | peak concurrency | CPU per staple (ms) "
+            "| peak RSS (MB) | no-op run (s) | no-op requests | no-op, full checks (s) | openssl loop (s) | speedup "
+            "| xargs -P 8 openssl (s) | speedup |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        d, z, c, o = r["due"], r["noop"], r["noop_full_checks"], r.get("openssl")
-        base = f"| {o['wall_s']:.1f} | {r['speedup_vs_openssl']:.1f}x |" if o else "| skipped | - |"
+        d, z, c, o, x = r["due"], r["noop"], r["noop_full_checks"], r.get("openssl"), r.get("openssl_xargs")
+        base = f"| {o['wall_s']:.1f} | {r['speedup_vs_openssl']:.1f}x " if o else "| skipped | - "
+        base += f"| {x['wall_s']:.2f} | {x['wall_s'] / d['wall_s']:.2f}x |" if x else "| skipped | - |"
         out.append(
             f"| {r['n']:,} | {d['wall_s']:.2f} | {r['bound_s']:.2f} | {r['due_vs_bound']:.2f}x | {d['requests']:,} "
-            f"| {d['responder_max_active']} | {d['peak_rss_mb']:.0f} | {z['wall_s']:.2f} | {z['requests']} "
-            f"| {c['wall_s']:.2f} " + base
+            f"| {d['responder_max_active']} | {d['cpu_s'] * 1000 / r['n']:.2f} | {d['peak_rss_mb']:.0f} "
+            f"| {z['wall_s']:.2f} | {z['requests']} | {c['wall_s']:.2f} " + base
         )
     wide = [r for r in rows if "wide" in r]
     if wide:
@@ -464,6 +527,14 @@ def table(rows: list[dict], helpt: dict) -> str:
             sp = f"{r['openssl']['wall_s'] / w['wall_s']:.1f}x" if "openssl" in r else "-"
             out.append(f"| {r['n']:,} | {w['wall_s']:.2f} | {w['bound_s']:.2f} | {w['vs_bound']:.2f}x "
                        f"| {w['requests']:,} | {w['responder_max_active']} | {w['peak_rss_mb']:.0f} | {sp} |")
+    dead = [r["dead"] for r in rows if "dead" in r]
+    if dead:
+        out += ["", "| N, one responder down (--timeout 10) | black hole: wall (s) | lines | exit "
+                "| closed port: wall (s) | lines | exit |", "|---|---|---|---|---|---|---|"]
+        for d in dead:
+            b, c = d["black_hole"], d["closed_port"]
+            out.append(f"| {d['n']:,} | {b['wall_s']:.2f} | {b['stderr_lines']} | {b['exit']} "
+                       f"| {c['wall_s']:.2f} | {c['stderr_lines']} | {c['exit']} |")
     out += ["", f"`ocspstaple --help`: median {helpt['median_s']:.3f} s, min {helpt['min_s']:.3f} s "
             f"over {len(helpt['runs'])} runs"]
     return "\n".join(out)
@@ -478,6 +549,8 @@ def main() -> int:
                     help="run the openssl loop only for N up to this (default 1000)")
     ap.add_argument("--wide", action="store_true",
                     help="also a due run with --jobs 32 over 4 responder origins")
+    ap.add_argument("--dead", type=int, default=1000,
+                    help="at this N, also runs whose responder is down (black hole, closed port); 0: none")
     ap.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the numbers")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")

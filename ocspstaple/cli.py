@@ -1,7 +1,12 @@
 """The command line: options in, typed values to the core, an exit code out.
 
-Nothing below this module imports click, and only this module configures
-logging.  Heavy imports wait until a command runs, so ``--help`` stays quick.
+Each command turns its options into typed values (config.Options, Staple,
+RunSettings), sets up logging and hands over: ``refresh`` to
+ocspstaple.run.execute (the run over many staples), the others to status,
+serve and validate; what comes back is an exit code.  Nothing below this
+module imports click, and only this module configures logging.  Heavy imports
+wait until a command runs (types come from ``TYPE_CHECKING`` imports), so
+``--help`` stays quick.
 """
 from __future__ import annotations
 
@@ -18,6 +23,11 @@ from ocspstaple.text import one_line, plugin_text
 
 if TYPE_CHECKING:
     import datetime as dt
+    from types import FrameType
+
+    from ocspstaple.config import BadEntry, Options, RunSettings, Staple
+    from ocspstaple.run import Progress
+    from ocspstaple.status import Row
 
 EXIT_OK, EXIT_KEPT, EXIT_BAD = 0, 1, 2
 #: An internal error (a bug, an exception nobody expected): sysexits.h's
@@ -210,7 +220,7 @@ def _verdict_options(*, refresh_at: bool) -> Callable[[F], F]:
 _AT_YEARS = (1970, 9998)
 
 
-def _parse_at(text: str, *, now: Any) -> Any:
+def _parse_at(text: str, *, now: dt.datetime) -> dt.datetime:
     """``verify --at``: ``now``, or an ISO 8601 date or date and time (UTC
     unless an offset is given); InputError with one line otherwise."""
     import datetime as dt
@@ -285,7 +295,8 @@ _state_dir_option = click.option(
     help="Directory for the records of the last attempts. Default: beside each staple (.NAME.state.json).")
 
 
-def _gather(inputs: dict[str, Any], *, options: Any, force: bool, renewed: Path | None = None) -> tuple[list[Any], Any]:
+def _gather(inputs: dict[str, Any], *, options: Options, force: bool,
+            renewed: Path | None = None) -> tuple[list[Staple | BadEntry], RunSettings]:
     """The staples and run settings the inputs (the options of _staple_inputs)
     name; InputError when they are unusable.
 
@@ -422,10 +433,12 @@ def refresh(
     # The config's objects live until exit: the cyclic garbage collector need
     # not walk them again and again (0.1-0.2 s of a run over 10,000 staples).
     gc.freeze()
-    sys.exit(_run(staples, run, progress=_progress(len(staples), quiet=quiet, verbose=verbose)))
+    from ocspstaple.run import execute
+
+    sys.exit(execute(staples, run, progress=_progress(len(staples), quiet=quiet, verbose=verbose)))
 
 
-def _progress(total: int, *, quiet: bool, verbose: int) -> Any:
+def _progress(total: int, *, quiet: bool, verbose: int) -> Progress | None:
     """A progress bar when stderr is a terminal and the run is long; else None."""
     from ocspstaple import progress
 
@@ -437,174 +450,6 @@ def _progress(total: int, *, quiet: bool, verbose: int) -> Any:
     handler.setFormatter(root.handlers[0].formatter)
     root.handlers[:] = [handler]
     return bar
-
-
-def _run(staples: list[Any], run: Any, *, progress: Any = None) -> int:
-    import datetime as dt
-    import time
-
-    from ocspstaple import state
-    from ocspstaple.config import DEFAULT_HOOK_TIMEOUT, Staple
-    from ocspstaple.deploy import changed_outputs, push_staples, run_hook
-    from ocspstaple.errors import DeployError
-    from ocspstaple.fetch import HttpTransport
-    from ocspstaple.refresh import exit_code, refresh_all
-    from ocspstaple.store import FileStore
-
-    log = logging.getLogger("ocspstaple.cli")
-    transports: dict[tuple[float, str | None], HttpTransport] = {}
-
-    def network(timeout: float, proxy: str | None) -> HttpTransport:
-        key = (timeout, proxy)
-        if key not in transports:
-            transports[key] = HttpTransport(timeout=timeout, proxy=proxy)
-        return transports[key]
-
-    def clock() -> dt.datetime:
-        return dt.datetime.now(dt.timezone.utc)
-
-    started = time.monotonic()
-    store = FileStore()
-    dirs = store.dirs  # each directory reached and checked once per run
-    records = _Records(staples, run, clock, dirs)
-
-    def done(o: Any) -> None:
-        records.save(o)  # now, while other staples wait for their responders
-        if progress is not None:
-            progress(o)
-
-    try:
-        outcomes = refresh_all(staples, network=network, clock=clock, store=store, jobs=run.jobs, on_done=done,
-                               hold=lambda st: state.load(st.output, run.state_dir, dirs=dirs).retry_after,
-                               recall=lambda st: state.recall(st.output, run.state_dir, dirs=dirs))
-    except KeyboardInterrupt:
-        # Writes are atomic: whatever was interrupted left the staple as it was.
-        log.error("interrupted; staples not yet refreshed are left as they were")
-        return 130
-    finally:
-        if progress is not None:
-            progress.clear()
-        for t in transports.values():
-            t.close()
-    code = exit_code(outcomes)
-    pairs = [(st, o) for st, o in zip(staples, outcomes, strict=True) if isinstance(st, Staple)]
-    if push_staples(pairs):
-        code = max(code, EXIT_KEPT)
-    changed = changed_outputs(outcomes)
-    if run.deploy_hook and changed:
-        timeout = run.hook_timeout or DEFAULT_HOOK_TIMEOUT
-        try:
-            if run.nginx_test:
-                try:
-                    run_hook(run.nginx_test, changed, timeout=timeout, what="configuration test")
-                except DeployError as e:
-                    raise DeployError(f"{e}, so the deploy hook {run.deploy_hook!r} was not run") from None
-            run_hook(run.deploy_hook, changed, timeout=timeout)
-        except DeployError as e:
-            log.error("%s; the %d changed staple(s) are written: %s", e, len(changed),
-                      ", ".join(map(str, changed)))
-            code = max(code, EXIT_KEPT)
-    _metrics(staples, outcomes, records, run, clock(), code=code, duration_s=time.monotonic() - started)
-    store.close()
-    return code
-
-
-class _Records:
-    """The state records of one run: each attempted staple's is saved as soon
-    as its outcome is known (from the worker thread that had it), so the
-    saves overlap the other staples' requests rather than follow them all."""
-
-    def __init__(self, staples: list[Any], run: Any, clock: Any, dirs: Any) -> None:
-        from ocspstaple.config import Staple
-
-        self._run, self._clock, self._dirs = run, clock, dirs
-        #: (name, output) names one staple; the same twice is the same settings
-        self._staples = {(st.name, st.output): st for st in staples if isinstance(st, Staple)}
-        self._saved: dict[int, Any] = {}
-
-    def save(self, o: Any) -> None:
-        if o.fetched is None:
-            return  # nothing was attempted: a no-op run writes nothing
-        try:
-            self._save(o)
-        except Exception as e:  # a bug here must not stop the run: the staple is what matters
-            logging.getLogger("ocspstaple.cli").warning("%s: cannot save the state record (internal error: %s: %s)",
-                                                        o.name, type(e).__name__, e)
-
-    def _save(self, o: Any) -> None:
-        from ocspstaple import state
-
-        st = self._staples.get((o.name, o.output))
-        if st is None:
-            return
-        record = state.load(st.output, self._run.state_dir, dirs=self._dirs)
-        now = self._clock()
-        record = (record.succeeded(now, o.result.value, o.retry_after, o.checked()) if o.fetched
-                  else record.failed(now, o.result.value, o.error or o.message, o.checked()))
-        state.save(st.output, self._run.state_dir, record, lock_timeout=st.lock_timeout,
-                   quiet=o.result.exit_code > 0, dirs=self._dirs)
-        self._saved[id(o)] = record
-
-    def refresh_due(self, o: Any) -> Any:
-        """When ``o``'s staple is due, by its staple's settings (None without one)."""
-        st = self._staples.get((o.name, o.output))
-        if st is None or o.staple is None:
-            return None
-        return o.staple.refresh_due(st.refresh_at, st.max_refresh_interval)
-
-    def of(self, o: Any) -> Any:
-        """The record as saved this run; else as on disk (for the metrics)."""
-        from ocspstaple import state
-
-        saved = self._saved.get(id(o))
-        if saved is not None:
-            return saved
-        st = self._staples.get((o.name, o.output))
-        return state.load(st.output, self._run.state_dir, dirs=self._dirs) if st is not None else state.Record()
-
-
-def _metrics(staples: list[Any], outcomes: list[Any], records: _Records, run: Any, now: Any, *, code: int,
-             duration_s: float) -> None:
-    """Write the metrics file, if asked for."""
-    if run.metrics_file is None:
-        return
-    from ocspstaple.config import Staple
-    from ocspstaple.errors import StoreError
-    from ocspstaple.status import MetricStaple, metrics_text
-    from ocspstaple.store import atomic_write
-
-    def cert(st: Any) -> Path | None:
-        if isinstance(st, Staple):
-            return st.cert
-        # A broken entry is named by its certificate's path, or as "[staple.NAME]" when it has none.
-        return None if st.name.startswith("[") else Path(st.name)
-
-    metrics = [MetricStaple(name=o.name, output=o.output, staple=o.staple, must_staple=o.must_staple,
-                            record=records.of(o), refresh_due=records.refresh_due(o), cert=cert(st), label=st.label,
-                            served=_served(st, o.staple, now))
-               for st, o in zip(staples, outcomes, strict=True)]
-    text = metrics_text(metrics, duration_s=duration_s, ended=now, code=code)
-    try:
-        atomic_write(run.metrics_file, text.encode())
-    except StoreError as e:  # the run's outcome stands
-        logging.getLogger("ocspstaple.cli").error("cannot write the metrics file %s: %s", run.metrics_file, e)
-
-
-def _served(st: Any, staple: Any, now: Any) -> tuple[Any, ...]:
-    """For the metrics: what ``st``'s connect servers staple (after the push and the hook)."""
-    from ocspstaple.certs import load_pair
-    from ocspstaple.config import Staple
-    from ocspstaple.errors import InputError
-    from ocspstaple.served import s_client
-    from ocspstaple.status import ask_servers
-
-    if not isinstance(st, Staple) or not st.connect:
-        return ()
-    try:
-        pair = load_pair(st.cert, st.issuer)
-    except InputError:
-        return ()  # already reported by the run
-    return ask_servers(st, pair, staple, handshake=s_client, now=now)
 
 
 @main.command()
@@ -671,7 +516,7 @@ def serve(listen: str, refresh_at: float | None, max_refresh_interval: dt.timede
         server.server_close()
         _fail_input(InputError("no certificate to serve"))
 
-    def stop(signum: int, frame: Any) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
@@ -700,7 +545,7 @@ def _connect(connect: tuple[str, ...], servername: str | None) -> dict[str, Any]
     return {"connect": connect or None, "servername": servername}
 
 
-def _examine(inputs: dict[str, Any], state_dir: Path | None, options: Any) -> list[Any]:
+def _examine(inputs: dict[str, Any], state_dir: Path | None, options: Options) -> list[Row]:
     """The rows of status and check (InputError when the inputs are unusable).
 
     ``options``: the staple settings given on the command line, as refresh

@@ -22,6 +22,23 @@ class FetchError(OcspstapleError):
     """The responder could not be reached or gave no OCSP response."""
 
 
+class UnreachableError(FetchError):
+    """No HTTP answer at all: the connection timed out, was refused or reset
+    (an HTTP error status is a plain FetchError: the responder is alive)."""
+
+    def __init__(self, message: str, origin: str = "", how: str = "failed") -> None:
+        super().__init__(message)
+        #: the responder's origin, scheme://host:port
+        self.origin = origin
+        #: how it failed, completing "the last requests ...": "timed out", "were refused", ...
+        self.how = how
+
+
+class NotAskedError(UnreachableError):
+    """The request was not sent: the run found its responder's origin down
+    (fetch.Origins)."""
+
+
 class ValidationError(OcspstapleError):
     """An OCSP response was refused by the validator."""
 

@@ -19,7 +19,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from ocspstaple.errors import FetchError
+from ocspstaple.errors import FetchError, NotAskedError, UnreachableError
 from ocspstaple.urls import check_url
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,15 @@ _CHUNK = 8192
 #: sent until its socket work has really ended, even when the caller has
 #: already given up at the deadline.
 MAX_PER_HOST = 8
+#: A run stops asking a responder origin after this many of its requests in a
+#: row failed at the network level (timed out, refused, reset) with no answer
+#: in between (see Origins).  Why 3: one lost connection or one slow moment
+#: is common and two in a row happen, but three with nothing answered between
+#: them is a responder that is down; and since up to MAX_PER_HOST requests to
+#: an origin are in flight at once, any N up to 8 costs the same wall time
+#: (one --timeout for a black hole), so a small N buys nothing but false
+#: cut-offs while a larger one only delays the verdict on a slow link.
+DOWN_AFTER = 3
 # Connections kept for reuse when all requests go through one proxy (every
 # responder then shares the proxy's pool): the most staples a run refreshes
 # at once (--jobs is at most 256).
@@ -169,6 +178,64 @@ class HostGates:
 SHARED_GATES = HostGates(MAX_PER_HOST)
 
 
+class Origins:
+    """Which responder origins (scheme://host:port) one run found down.
+
+    Thread-safe; one per run, shared by all its transports.  Only failures at
+    the network level count (HttpTransport reports them: a timeout, a refused
+    or reset connection), and only ``after`` of them in a row: any answer
+    (even HTTP 500 or tryLater: the responder is alive) starts the count
+    again.  An origin found down is not asked again this run: ``check``
+    raises NotAskedError at once, so its remaining staples fail in
+    milliseconds instead of a --timeout each.
+    """
+
+    def __init__(self, after: int = DOWN_AFTER) -> None:
+        self.after = max(1, after)
+        self._lock = threading.Lock()
+        #: origin -> how the requests of the current streak of failures failed
+        self._streaks: dict[str, list[str]] = {}
+
+    def check(self, url: str) -> None:
+        """NotAskedError when ``url``'s origin is down."""
+        origin = origin_of(url)
+        with self._lock:
+            streak = self._streaks.get(origin)
+            if streak is None or len(streak) < self.after:
+                return
+            why = _how(streak[-self.after:])
+        raise NotAskedError(f"not asked: the last {self.after} requests to {origin} {why} this run", origin)
+
+    def failed(self, url: str, how: str) -> None:
+        """A request to ``url`` got no answer: ``how`` ("timed out", "were refused", ...)."""
+        with self._lock:
+            self._streaks.setdefault(origin_of(url), []).append(how)
+
+    def answered(self, url: str) -> None:
+        origin = origin_of(url)
+        with self._lock:
+            self._streaks.pop(origin, None)
+
+    def down(self) -> dict[str, str]:
+        """The origins down now, each with words on how: "its last 3 requests timed out"."""
+        with self._lock:
+            return {o: f"its last {self.after} requests {_how(s[-self.after:])}"
+                    for o, s in self._streaks.items() if len(s) >= self.after}
+
+
+def _how(kinds: list[str]) -> str:
+    distinct = list(dict.fromkeys(kinds))
+    return distinct[0] if len(distinct) == 1 else f"failed ({', '.join(distinct)})"
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of a URL, the port always given."""
+    scheme, host, port = _origin_key(url)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
+
+
 class _Workers:
     """Daemon threads that run requests, reused from one request to the next.
 
@@ -263,6 +330,7 @@ class HttpTransport:
         proxy: str | None = None,
         max_bytes: int = MAX_RESPONSE_BYTES,
         gates: HostGates | None = None,
+        origins: Origins | None = None,
     ) -> None:
         import requests  # imported here: start-up time of `ocspstaple --help`
         from requests.adapters import HTTPAdapter
@@ -272,6 +340,8 @@ class HttpTransport:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self._gates = gates if gates is not None else SHARED_GATES
+        #: the run's record of origins that are down (None: never cut off)
+        self._origins = origins
         self._session = requests.Session()
         # Keep as many connections per origin as may be in flight, so that
         # none is opened only to be thrown away.  Through a proxy every
@@ -293,9 +363,18 @@ class HttpTransport:
         self._session.close()
 
     def _bounded(self, method: str, url: str, body: bytes | None) -> HttpReply:
+        origins = self._origins
+        if origins is not None:
+            origins.check(url)  # before waiting for a slot behind requests that are failing
         # Wait for a slot first: time spent queueing behind other staples for
         # the same responder is not the responder's slowness.
         gate = self._gates.acquire(url)
+        if origins is not None:
+            try:
+                origins.check(url)  # the requests ahead may have found it down meanwhile
+            except NotAskedError:
+                gate.release()
+                raise
         deadline = time.monotonic() + self.timeout
         result: dict[str, Any] = {}
         done = threading.Event()
@@ -315,9 +394,18 @@ class HttpTransport:
             gate.release()
             raise
         if not done.wait(self.timeout):
-            raise FetchError(f"responder {_origin(url)} gave no complete answer within {self.timeout:g} s")
-        if "error" in result:
-            raise result["error"]
+            if origins is not None:
+                origins.failed(url, "timed out")
+            raise UnreachableError(f"responder {_origin(url)} gave no complete answer within {self.timeout:g} s",
+                                   origin_of(url), "timed out")
+        error = result.get("error")
+        if origins is not None:
+            if isinstance(error, UnreachableError):
+                origins.failed(url, error.how)
+            elif error is None or isinstance(error, FetchError):  # an answer, even a bad one
+                origins.answered(url)
+        if error is not None:
+            raise error
         return result["reply"]  # type: ignore[no-any-return]
 
     def _send(self, method: str, url: str, body: bytes | None, deadline: float) -> HttpReply:
@@ -333,11 +421,12 @@ class HttpTransport:
                 allow_redirects=False, timeout=(remaining, remaining), proxies=self._proxies,
             )
         except requests.exceptions.Timeout:
-            raise FetchError(f"responder {_origin(url)} timed out") from None
+            raise UnreachableError(f"responder {_origin(url)} timed out", origin_of(url), "timed out") from None
         except requests.exceptions.ProxyError as e:
-            raise FetchError(f"proxy failed for {_origin(url)}: {_reason(e)}") from None
+            raise UnreachableError(f"proxy failed for {_origin(url)}: {_reason(e)}", origin_of(url), _kind(e)) from None
         except requests.exceptions.RequestException as e:
-            raise FetchError(f"cannot reach responder {_origin(url)}: {_reason(e)}") from None
+            raise UnreachableError(f"cannot reach responder {_origin(url)}: {_reason(e)}", origin_of(url),
+                                   _kind(e)) from None
         try:
             length = r.headers.get("Content-Length")
             if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_bytes:
@@ -345,21 +434,20 @@ class HttpTransport:
             data = bytearray()
             while True:
                 if time.monotonic() > deadline:
-                    raise FetchError(f"responder {_origin(url)} gave no complete answer within {self.timeout:g} s")
+                    raise UnreachableError(
+                        f"responder {_origin(url)} gave no complete answer within {self.timeout:g} s",
+                        origin_of(url), "timed out")
                 chunk = r.raw.read1(_CHUNK)
                 if not chunk:
                     break
                 data += chunk
                 if len(data) > self.max_bytes:
                     raise FetchError(f"responder {_origin(url)} sent more than {self.max_bytes} bytes")
-        except requests.exceptions.RequestException as e:
-            raise FetchError(f"responder {_origin(url)} broke off: {_reason(e)}") from None
-        except OSError as e:
-            raise FetchError(f"responder {_origin(url)} broke off: {_reason(e)}") from None
-        except Exception as e:  # urllib3's own errors (ProtocolError, ReadTimeoutError)
-            if isinstance(e, FetchError):
-                raise
-            raise FetchError(f"responder {_origin(url)} broke off: {_reason(e)}") from None
+        except FetchError:
+            raise
+        except Exception as e:  # requests', urllib3's (ProtocolError, ReadTimeoutError) and socket errors
+            raise UnreachableError(f"responder {_origin(url)} broke off: {_reason(e)}", origin_of(url),
+                                   _kind(e)) from None
         finally:
             r.close()
         return HttpReply(status=r.status_code, body=bytes(data), headers={k.lower(): v for k, v in r.headers.items()})
@@ -396,6 +484,31 @@ def _reason(e: BaseException) -> str:
         text = text.split(": ", 1)[1]
     text = _ERRNO.sub("", text)
     return (text.splitlines() or [type(inner).__name__])[0][:160]
+
+
+def _kind(e: BaseException) -> str:
+    """How a request got no answer, for Origins: "timed out", "were refused",
+    "were reset" or "failed" (a name that does not resolve, a TLS error...)."""
+    import socket
+
+    seen: set[int] = set()
+    inner: BaseException | None = e
+    while isinstance(inner, BaseException) and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, (TimeoutError, socket.timeout)) or "timed out" in str(inner).lower():
+            return "timed out"
+        if isinstance(inner, ConnectionRefusedError):
+            return "were refused"
+        if isinstance(inner, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+            return "were reset"
+        if type(inner).__name__ in ("RemoteDisconnected", "IncompleteRead", "ProtocolError"):
+            text = str(inner).lower()
+            if "reset" in text or "aborted" in text or "closed" in text or "without response" in text:
+                return "were reset"
+        nxt = getattr(inner, "reason", None) or inner.__cause__ or inner.__context__
+        inner = nxt if isinstance(nxt, BaseException) else (
+            inner.args[0] if inner.args and isinstance(inner.args[0], BaseException) else None)
+    return "failed"
 
 
 #: The "[Errno 111] " that Python puts before an OSError's words

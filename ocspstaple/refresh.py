@@ -1,7 +1,11 @@
 """One staple's whole story: decide, fetch, validate, compare, write.
 
 The clock, the network and the disk come in as parameters; this module reads
-none of them on its own.
+none of them on its own.  What a staple shares with the other staples of its
+run (transports, the issuer files read once, the responder's max-age from the
+state records, the once-per-run clock warning) comes in as ``Services``, a
+Protocol defined here and met by ocspstaple.run, which this module never
+imports; ``refresh_one`` is a staple alone, with services of its own.
 """
 from __future__ import annotations
 
@@ -9,20 +13,22 @@ import datetime as dt
 import enum
 import hashlib
 import logging
-import os
-import pickle
-import signal
-import sys
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol
 
 from ocspstaple.certs import Pair, build_request, must_staple, ocsp_urls, pair_of, parse_pem, read_pem_bytes
 from ocspstaple.config import AIA, BadEntry, Staple
-from ocspstaple.errors import FetchError, InputError, StaleError, StoreError, TrustError, ValidationError
-from ocspstaple.fetch import Fetched, HttpReply, Transport, fetch
+from ocspstaple.errors import (
+    FetchError,
+    InputError,
+    StaleError,
+    StoreError,
+    TrustError,
+    UnreachableError,
+    ValidationError,
+)
+from ocspstaple.fetch import Fetched, Transport, fetch
 from ocspstaple.state import Checked
 from ocspstaple.store import Store
 from ocspstaple.urls import check_url
@@ -39,20 +45,9 @@ from ocspstaple.validate import (
 
 log = logging.getLogger(__name__)
 
-#: Staples refreshed at once when --jobs is not given: twice the per-host cap
-#: (fetch.MAX_PER_HOST), so that checking and writing the staples whose answers
-#: are in overlaps the next requests to a responder, and two responders are
-#: each asked 8 at a time.
-DEFAULT_JOBS = 16
-#: From this many staples on, a second process looks at half of them first
-#: (see _quick_all).
-SPLIT_AT = 1000
-
 Clock = Callable[[], dt.datetime]
 #: (timeout, proxy) -> a transport; lets one run share connections per setting.
 Network = Callable[[float, "str | None"], Transport]
-#: The verdict of the last full check of a staple (from its state record), if any.
-Recall = Callable[[Staple], "Checked | None"]
 
 #: Part of every checked_digest: raise it whenever a check of validate.verify,
 #: certs.pair_of or must_staple changes, so that no older verdict is taken.
@@ -110,6 +105,12 @@ class Outcome:
     must_staple: bool = False
     #: checked_digest of the inputs and ``staple``, for the state record
     digest: str | None = None
+    #: the refresh failed only because these responder origins gave no answer
+    #: at all (timed out, refused, reset, or found down and not asked)
+    unreachable: tuple[str, ...] = ()
+    #: ``staple`` passed a full check this run (not recalled from the state
+    #: record): its verdict is worth saving even when nothing was fetched
+    verified: bool = False
 
     def checked(self) -> Checked | None:
         """The verdict to keep in the state record: ``staple`` passed every
@@ -136,176 +137,47 @@ def exit_code(outcomes: Iterable[Outcome]) -> int:
     return max((o.result.exit_code for o in outcomes), default=0)
 
 
-def refresh_all(
-    staples: Sequence[Staple | BadEntry],
-    *,
-    network: Network,
-    clock: Clock,
-    store: Store,
-    jobs: int | None = None,
-    on_done: Callable[[Outcome], None] | None = None,
-    hold: Callable[[Staple], dt.datetime | None] | None = None,
-    recall: Recall | None = None,
-    split_at: int = SPLIT_AT,
-) -> list[Outcome]:
-    """Refresh every staple; one failure never stops the others.
+class Services(Protocol):
+    """What one staple's refresh asks of its run; safe to call from many threads."""
 
-    Outcomes come back in the order of ``staples``; each one's log line is
-    emitted as soon as that staple is done.  ``jobs``: how many staples are
-    refreshed at once (default DEFAULT_JOBS), by a pool of worker threads.
-    Each staple is still decided, validated, compared and written under its
-    own output lock, exactly as alone.  Shared by the whole run:
+    def network(self, timeout: float, proxy: str | None) -> Transport:
+        """The transport for these settings."""
+        ...
 
-    * the network: one transport per (timeout, proxy), made only once a
-      staple is due (a run where nothing is due imports no HTTP code);
-    * identical requests (the same request to the same URL with the same
-      settings: the same certificate and issuer configured for several
-      outputs) are sent once, and every staple asking gets that answer to
-      validate for itself;
-    * an issuer file named by many staples is read and parsed once.
+    def inputs(self, st: Staple) -> Inputs:
+        """The staple's certificate and issuer files, as read (InputError when unreadable)."""
+        ...
 
-    ``recall``: the verdict of a staple's last full check (see state.Checked).
-    Every staple is first looked at without the pool: one whose certificate,
-    issuer and staple are byte for byte what an earlier run verified, and
-    which is usable and not due, is FRESH without verifying a signature (and
-    without the pool's hand-offs).  The rest go to the pool.  With
-    ``split_at`` staples or more, a forked process looks at half of them
-    (see _quick_all).
+    def hold(self, st: Staple) -> dt.datetime | None:
+        """Not to ask the staple's responder before then (its max-age, from the state record)."""
+        ...
 
-    The per-responder cap on requests in flight (fetch.MAX_PER_HOST) is the
-    transport's: HttpTransport holds each request's slot until its socket
-    work is over.
-    """
-    shared = _Shared(network, hold, recall)
-    jobs = DEFAULT_JOBS if jobs is None else max(1, jobs)
-
-    def done(outcome: Outcome) -> Outcome:
-        report(outcome)
-        if on_done is not None:
-            on_done(outcome)  # e.g. a progress bar; called from the worker threads
-        return outcome
-
-    def one(st: Staple | BadEntry) -> Outcome:
-        return done(_one(st, shared, clock=clock, store=store))
-
-    outcomes = _quick_all(staples, shared, clock=clock, store=store, split_at=split_at)
-    for o in outcomes:
-        if o is not None:
-            done(o)
-    rest = [i for i, o in enumerate(outcomes) if o is None]
-    if jobs == 1 or len(rest) <= 1:
-        for i in rest:
-            outcomes[i] = one(staples[i])
-        return _all(outcomes)
-    pool = ThreadPoolExecutor(max_workers=min(jobs, len(rest)), thread_name_prefix="ocspstaple-job")
-    try:
-        futures: list[tuple[int, Future[Outcome]]] = [(i, pool.submit(one, staples[i])) for i in rest]
-        for i, f in futures:
-            outcomes[i] = f.result()
-    except BaseException:
-        # Ctrl-C: staples not started are left alone; the ones in progress
-        # finish (their writes are atomic either way).
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return _all(outcomes)
+    def clock_warning(self, text: str) -> None:
+        """Say ``text`` (the local clock looks wrong); a run says it once."""
+        ...
 
 
-def _all(outcomes: list[Outcome | None]) -> list[Outcome]:
-    assert all(o is not None for o in outcomes)
-    return [o for o in outcomes if o is not None]
+class _Alone:
+    """The Services of a staple refreshed on its own (refresh_one)."""
 
+    def __init__(self, network: Network) -> None:
+        self._network = network
 
-def _quick_all(
-    staples: Sequence[Staple | BadEntry], shared: _Shared, *, clock: Clock, store: Store, split_at: int
-) -> list[Outcome | None]:
-    """_quick for every staple; with ``split_at`` or more, in two processes.
+    def network(self, timeout: float, proxy: str | None) -> Transport:
+        return self._network(timeout, proxy)
 
-    Looking at a recalled staple is a few file reads and a little Python per
-    staple, all under the GIL: threads cannot share it, but a forked child
-    can take the second half on another core.  It only reads (its outcomes
-    come back pickled through a pipe; the log lines, the progress and every
-    write stay with this process) and anything it could not do, or a child
-    that fails, is simply decided in full here.  No fork while other threads
-    run (a fork copies their held locks) or on one CPU.
-    """
-    def look(part: Sequence[Staple | BadEntry]) -> list[Outcome | None]:
-        return [_quick(st, shared, clock=clock, store=store) for st in part]
+    def inputs(self, st: Staple) -> Inputs:
+        return read_inputs(st)
 
-    n = len(staples)
-    if n < split_at or n < 2 or not hasattr(os, "fork") or _cpus() < 2 or threading.active_count() > 1:
-        return look(staples)
-    half = n // 2
-    theirs = staples[half:]
-    r, w = os.pipe()
-    for stream in (sys.stdout, sys.stderr):  # nothing buffered may be written twice
-        if stream is not None:  # None: started with the descriptor closed
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-    try:
-        pid = os.fork()
-    except OSError as e:  # no process to be had (a limit, memory): all of it here
-        log.debug("cannot fork (%s); looking at every staple in this process", e)
-        os.close(r)
-        os.close(w)
-        return look(staples)
-    if pid == 0:  # the child: never returns
-        code = 1
-        try:
-            os.close(r)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            data = pickle.dumps(look(theirs),
-                                protocol=pickle.HIGHEST_PROTOCOL)
-            with os.fdopen(w, "wb") as f:
-                f.write(data)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    try:
-        with os.fdopen(r, "rb") as pipe:
-            mine = look(staples[:half])
-            data = pipe.read()
-    except BaseException:  # Ctrl-C: the child must not outlive us
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
-    os.waitpid(pid, 0)
-    try:
-        got = pickle.loads(data)  # from our own child, through our own pipe
-    except Exception:
-        got = None
-    if not isinstance(got, list) or len(got) != len(theirs):
-        log.debug("the second process looked at no staples; deciding them here")
-        got = [None] * len(theirs)
-    return mine + got
-
-
-def _cpus() -> int:
-    """CPUs this process may run on (a systemd CPUAffinity or taskset counts)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _quick(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) -> Outcome | None:
-    """The outcome when it needs neither a signature check nor the network:
-    a bad entry, or a staple recalled FRESH; None: decide in full."""
-    if isinstance(st, BadEntry):
-        return _one(st, shared, clock=clock, store=store)
-    if st.force or shared.recall is None:
-        return None
-    try:
-        return _recalled(st, shared, clock=clock, store=store)
-    except Exception:  # a bug here costs only the shortcut
-        log.debug("%s: recalling the last check failed", st.name, exc_info=True)
+    def hold(self, st: Staple) -> dt.datetime | None:
         return None
 
+    def clock_warning(self, text: str) -> None:
+        log.warning("%s", text)
 
-def _one(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) -> Outcome:
+
+def one(st: Staple | BadEntry, shared: Services, *, clock: Clock, store: Store) -> Outcome:
+    """The outcome of one entry of a run; never raises (a bug is INTERNAL)."""
     if isinstance(st, BadEntry):
         return Outcome(name=st.name, output=None, result=Result.BAD_INPUT, message=st.reason)
     try:
@@ -317,97 +189,6 @@ def _one(st: Staple | BadEntry, shared: _Shared, *, clock: Clock, store: Store) 
         log.debug("%s: internal error", st.name, exc_info=True)
         return Outcome(name=st.name, output=st.output, result=Result.INTERNAL,
                        message=f"internal error, staple left as it was ({type(e).__name__}: {e}); please report")
-
-
-class _Shared:
-    """What the staples of one run share; safe to use from many threads."""
-
-    def __init__(self, network: Network, hold: Callable[[Staple], dt.datetime | None] | None = None,
-                 recall: Recall | None = None) -> None:
-        self._network = network
-        #: when a staple's responder may be asked again (its max-age), from the state records
-        self.hold = hold or (lambda st: None)
-        self.recall = recall
-        self._skew_warned = False
-        self._lock = threading.Lock()
-        self._transports: dict[tuple[float, str | None], _Deduped] = {}
-        self._flights: dict[tuple[Any, ...], _Flight] = {}
-        self._issuers: dict[Path, tuple[bytes, list[Any]] | InputError] = {}
-
-    def check_clock(self, got: Fetched, url: str, now: dt.datetime, produced_at: dt.datetime | None) -> None:
-        """Warn once per run when the responder's clock (HTTP Date; a producedAt
-        ahead of us) differs from ours by more than the skew allowance: most
-        "response is from the future" reports are a wrong local clock."""
-        offsets = []
-        if got.date is not None:
-            offsets.append(("its HTTP Date", got.date - now))
-        if produced_at is not None and produced_at - now > SKEW:
-            offsets.append(("the response's producedAt", produced_at - now))
-        for what, offset in offsets:
-            if abs(offset) <= SKEW:
-                continue
-            with self._lock:
-                if self._skew_warned:
-                    return
-                self._skew_warned = True
-            side = "behind" if offset > dt.timedelta(0) else "ahead of"
-            log.warning("the local clock is %s %s responder %s (by %s); check NTP: a wrong clock makes valid "
-                        "responses look expired or from the future", _span(abs(offset)), side, url, what)
-            return
-
-    def network(self, timeout: float, proxy: str | None) -> Transport:
-        """The run's transport for these settings, made on first use."""
-        key = (timeout, proxy)
-        with self._lock:
-            t = self._transports.get(key)
-            if t is None:
-                t = self._transports[key] = _Deduped(self._network(timeout, proxy), self, key)
-            return t
-
-    def once(self, key: tuple[Any, ...], send: Callable[[], HttpReply]) -> HttpReply:
-        """``send()`` for the first caller with ``key``; the same answer (or
-        error) for every later or concurrent caller with it."""
-        with self._lock:
-            flight = self._flights.get(key)
-            first = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if first:
-            try:
-                flight.reply = send()
-            except Exception as e:
-                flight.error = e
-            finally:
-                flight.done.set()
-        else:
-            flight.done.wait()
-            log.debug("%s: same request as another staple; answer shared", key[2][:80])
-        if flight.error is not None:
-            if first or not isinstance(flight.error, FetchError):
-                raise flight.error
-            raise FetchError(str(flight.error))
-        assert flight.reply is not None
-        return flight.reply
-
-    def inputs(self, st: Staple) -> Inputs:
-        """The certificate file's bytes, and the issuer file's (read and
-        parsed once per run: many staples name one issuer file)."""
-        cert = read_pem_bytes(st.cert)
-        if st.issuer is None:
-            return Inputs(cert, None, None)
-        with self._lock:
-            issuer = self._issuers.get(st.issuer)
-        if issuer is None:
-            try:
-                data = read_pem_bytes(st.issuer)
-                issuer = (data, parse_pem(data, name=str(st.issuer)))
-            except InputError as e:
-                issuer = e  # the same error for every staple naming it
-            with self._lock:
-                self._issuers[st.issuer] = issuer
-        if isinstance(issuer, InputError):
-            raise InputError(str(issuer))
-        return Inputs(cert, *issuer)
 
 
 @dataclass(frozen=True)
@@ -422,6 +203,15 @@ class Inputs:
         return pair_of(parse_pem(self.cert, name=str(st.cert)), self.issuers, cert_path=st.cert)
 
 
+def read_inputs(st: Staple) -> Inputs:
+    """The staple's certificate and issuer files; InputError when unreadable."""
+    cert = read_pem_bytes(st.cert)
+    if st.issuer is None:
+        return Inputs(cert, None, None)
+    data = read_pem_bytes(st.issuer)
+    return Inputs(cert, data, parse_pem(data, name=str(st.issuer)))
+
+
 def checked_digest(st: Staple, inputs: Inputs, staple: bytes) -> str:
     """SHA-256 over everything a staple's time-free checks depend on: the
     certificate and issuer files, the staple, the settings that bear on the
@@ -430,30 +220,6 @@ def checked_digest(st: Staple, inputs: Inputs, staple: bytes) -> str:
              "\n".join(st.urls).encode(), repr(st.default_validity.total_seconds()).encode())
     # Each part prefixed with its length, so that no bytes can move from one part to the next.
     return hashlib.sha256(b"".join(len(p).to_bytes(8, "big") + p for p in parts)).hexdigest()
-
-
-class _Flight:
-    __slots__ = ("done", "reply", "error")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.reply: HttpReply | None = None
-        self.error: Exception | None = None
-
-
-class _Deduped:
-    """A transport whose identical requests within one run are sent once."""
-
-    def __init__(self, inner: Transport, shared: _Shared, settings: tuple[float, str | None]) -> None:
-        self._inner = inner
-        self._shared = shared
-        self._settings = settings
-
-    def get(self, url: str) -> HttpReply:
-        return self._shared.once((self._settings, "GET", url, None), lambda: self._inner.get(url))
-
-    def post(self, url: str, body: bytes) -> HttpReply:
-        return self._shared.once((self._settings, "POST", url, body), lambda: self._inner.post(url, body))
 
 
 _LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 70: logging.ERROR}
@@ -466,7 +232,7 @@ def report(o: Outcome) -> None:
 
 def refresh_one(st: Staple, *, network: Network, clock: Clock, store: Store) -> Outcome:
     """Refresh one staple: fetch if due, write only a valid and fresher response."""
-    return _refresh_one(st, _Shared(network), clock=clock, store=store)
+    return _refresh_one(st, _Alone(network), clock=clock, store=store)
 
 
 def _span(d: dt.timedelta) -> str:
@@ -475,39 +241,7 @@ def _span(d: dt.timedelta) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
-def _recalled(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> Outcome | None:
-    """FRESH from the verdict of an earlier full check (state.Checked), when
-    the certificate, issuer and staple are byte for byte what it checked, and
-    the staple is usable now and not due; None: decide in full."""
-    assert shared.recall is not None
-    checked = shared.recall(st)
-    if checked is None or _leftovers(store, st.output):
-        return None
-    try:
-        inputs = shared.inputs(st)
-        data = store.read(st.output)
-    except (InputError, StoreError):
-        return None  # said in full by the full decision
-    if data is None or checked_digest(st, inputs, data) != checked.digest:
-        return None
-    r = checked.response
-    staple = VerifiedResponse(  # replace(r, der=data), without its generic machinery
-        der=data, status=r.status, this_update=r.this_update, next_update=r.next_update, produced_at=r.produced_at,
-        expires=r.expires, signer=r.signer, signer_not_before=r.signer_not_before,
-        revocation_time=r.revocation_time, revocation_reason=r.revocation_reason)
-    now = clock()
-    try:
-        check_window(staple, now=now)
-    except ValidationError:
-        return None
-    disk = Disk(staple, staple if staple.status is CertStatus.REVOKED else None, "")
-    outcome = _fresh(st, disk, now, shared, checked.digest)
-    if outcome is None:
-        return None
-    return _must_staple(outcome) if checked.must_staple else outcome
-
-
-def _refresh_one(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> Outcome:
+def _refresh_one(st: Staple, shared: Services, *, clock: Clock, store: Store) -> Outcome:
     try:
         inputs = shared.inputs(st)
         pair = inputs.pair(st)
@@ -521,9 +255,9 @@ def _refresh_one(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> 
     # Anything that may lead to a write goes through the lock and decides
     # afresh.
     outcome = None
-    if not st.force and not _leftovers(store, st.output):
+    if not st.force and not leftovers(store, st.output):
         now = clock()
-        outcome = _fresh(st, inspect_disk(store, st, pair, now), now, shared)
+        outcome = fresh(st, inspect_disk(store, st, pair, now), now, shared)
     if outcome is None:
         try:
             with store.lock(st.output, timeout=st.lock_timeout):
@@ -532,11 +266,11 @@ def _refresh_one(st: Staple, shared: _Shared, *, clock: Clock, store: Store) -> 
             # The lock could not be had: say what the staple on disk is worth anyway.
             outcome = _failed(st, str(e), inspect_disk(store, st, pair, clock()))
     if outcome.staple is not None:
-        outcome = replace(outcome, digest=checked_digest(st, inputs, outcome.staple.der))
-    return _must_staple(outcome) if must_staple(pair.cert) else outcome
+        outcome = replace(outcome, digest=checked_digest(st, inputs, outcome.staple.der), verified=True)
+    return with_must_staple(outcome) if must_staple(pair.cert) else outcome
 
 
-def _must_staple(o: Outcome) -> Outcome:
+def with_must_staple(o: Outcome) -> Outcome:
     """A must-staple certificate: a failed refresh is an error, not a warning."""
     o = replace(o, must_staple=True)
     if o.result is Result.KEPT:
@@ -589,18 +323,20 @@ def inspect_disk(store: Store, st: Staple, pair: Pair, now: dt.datetime) -> Disk
 
 
 def _refresh_locked(
-    st: Staple, pair: Pair, urls: tuple[str, ...], *, shared: _Shared, clock: Clock, store: Store
+    st: Staple, pair: Pair, urls: tuple[str, ...], *, shared: Services, clock: Clock, store: Store
 ) -> Outcome:
     now = clock()
     disk = inspect_disk(store, st, pair, now)
-    fresh = None if st.force else _fresh(st, disk, now, shared)
-    if fresh is not None:
-        return fresh
+    not_due = None if st.force else fresh(st, disk, now, shared)
+    if not_due is not None:
+        return not_due
     due = disk.usable is not None and now >= disk.usable.refresh_due(st.refresh_at, st.max_refresh_interval)
 
     request = build_request(pair)
     transport = shared.network(st.timeout, st.proxy)
     failures: list[str] = []
+    unreachable: list[str] = []  # origins that gave no answer at all
+    answered = False  # some URL failed otherwise (an error answer, a refused response)
     unchanged: Outcome | None = None
     for i, url in enumerate(urls):
         try:
@@ -621,9 +357,14 @@ def _refresh_locked(
                     continue
                 return unchanged
             failures.append(_from(url, urls, str(e)))
+            answered = True
             continue
         except (FetchError, ValidationError, InputError) as e:
             failures.append(_from(url, urls, str(e)))
+            if isinstance(e, UnreachableError):
+                unreachable.append(e.origin)
+            else:
+                answered = True
             continue
         try:
             store.write(st.output, new.der)
@@ -643,7 +384,10 @@ def _refresh_locked(
                        fetched=True, message=f"wrote {st.output} ({_describe(new)}){how}")
     if unchanged is not None:  # nothing newer anywhere, and the staple on disk still valid
         return unchanged
-    return _failed(st, "; ".join(failures), disk)
+    failed = _failed(st, "; ".join(failures), disk)
+    if unreachable and not answered:  # the run may say this once for all the origin's staples
+        failed = replace(failed, unreachable=tuple(dict.fromkeys(unreachable)))
+    return failed
 
 
 class _Stale(StaleError):
@@ -666,7 +410,7 @@ class _Refused(ValidationError):
 
 def _ask(
     transport: Transport, url: str, request: bytes, pair: Pair, st: Staple, disk: Disk, *,
-    due: bool, shared: _Shared, clock: Clock,
+    due: bool, shared: Services, clock: Clock,
 ) -> tuple[VerifiedResponse, str]:
     """A valid response from ``url`` that is fresher than the staple on disk,
     and a note for the log line on how it was had; StaleError when there is none.
@@ -696,7 +440,7 @@ def _ask(
 
 def _post_again(
     transport: Transport, url: str, request: bytes, pair: Pair, st: Staple, disk: Disk, *,
-    shared: _Shared, clock: Clock, why: str,
+    shared: Services, clock: Clock, why: str,
 ) -> tuple[VerifiedResponse, str]:
     log.debug("%s: %s; asking again with POST", st.name, why)
     again = fetch(transport, url, request, uncached=True)
@@ -708,7 +452,7 @@ def _post_again(
     return newer, f"; {why}, POST gave the fresher one"
 
 
-def _validated(got: Fetched, url: str, pair: Pair, st: Staple, shared: _Shared, clock: Clock) -> VerifiedResponse:
+def _validated(got: Fetched, url: str, pair: Pair, st: Staple, shared: Services, clock: Clock) -> VerifiedResponse:
     """validate(), and the clock check on what the responder signed; _Refused when refused."""
     now = clock()
     try:
@@ -720,10 +464,28 @@ def _validated(got: Fetched, url: str, pair: Pair, st: Staple, shared: _Shared, 
             signed: VerifiedResponse | None = verify(got.body, pair=pair, default_validity=st.default_validity)
         except ValidationError:
             signed = None
-        shared.check_clock(got, url, now, signed.produced_at if signed else None)
+        _check_clock(shared, got, url, now, signed.produced_at if signed else None)
         raise _Refused(e, signed) from None
-    shared.check_clock(got, url, now, new.produced_at)
+    _check_clock(shared, got, url, now, new.produced_at)
     return new
+
+
+def _check_clock(shared: Services, got: Fetched, url: str, now: dt.datetime, produced_at: dt.datetime | None) -> None:
+    """Warn (once per run) when the responder's clock (HTTP Date; a producedAt
+    ahead of us) differs from ours by more than the skew allowance: most
+    "response is from the future" reports are a wrong local clock."""
+    offsets = []
+    if got.date is not None:
+        offsets.append(("its HTTP Date", got.date - now))
+    if produced_at is not None and produced_at - now > SKEW:
+        offsets.append(("the response's producedAt", produced_at - now))
+    for what, offset in offsets:
+        if abs(offset) <= SKEW:
+            continue
+        side = "behind" if offset > dt.timedelta(0) else "ahead of"
+        shared.clock_warning(f"the local clock is {_span(abs(offset))} {side} responder {url} (by {what}); check "
+                             "NTP: a wrong clock makes valid responses look expired or from the future")
+        return
 
 
 def _retry_after(got: Fetched, now: dt.datetime) -> dt.datetime | None:
@@ -731,7 +493,7 @@ def _retry_after(got: Fetched, now: dt.datetime) -> dt.datetime | None:
     return now + dt.timedelta(seconds=age) if age else None
 
 
-def _leftovers(store: Store, path: Path) -> bool:
+def leftovers(store: Store, path: Path) -> bool:
     """Whether a killed run may have left a temp file beside ``path``, which
     only a visit under the lock removes (True when the store cannot tell)."""
     find = getattr(store, "leftovers", None)
@@ -743,7 +505,7 @@ def _leftovers(store: Store, path: Path) -> bool:
         return True
 
 
-def _fresh(st: Staple, disk: Disk, now: dt.datetime, shared: _Shared, digest: str | None = None) -> Outcome | None:
+def fresh(st: Staple, disk: Disk, now: dt.datetime, shared: Services, digest: str | None = None) -> Outcome | None:
     """The FRESH outcome when the staple on disk is usable and not yet due, or
     due but the responder asked (max-age) not to be asked again yet; else None.
     ``digest``: the staple's checked_digest, when known."""

@@ -132,8 +132,7 @@ class Responder:
         self._server.server_close()
         # A kept-alive connection that a client still holds would keep its
         # handler thread waiting for a next request after the test: ended here,
-        # so that no thread outlives the responder (tests of the fork split
-        # need a process with one thread).
+        # so that no thread outlives the responder.
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
@@ -253,3 +252,34 @@ FAULTS: dict[str, Callable[[Responder], bytes | Reply]] = {
     "no_eku_delegate": _no_eku_delegate,
     "redirect": lambda r: Reply(status=302, headers={"Location": r.url + "elsewhere"}),
 }
+
+
+class BlackHole:
+    """A responder that accepts connections and never answers: the kernel
+    completes each TCP handshake (the socket listens) but nothing ever reads
+    or writes.  ``with BlackHole() as hole:``; ``hole.url``."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._sock is not None
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/"
+
+    def __enter__(self) -> "BlackHole":
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(1024)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._sock is not None
+        self._sock.close()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -33,7 +33,8 @@ from responder import Reply, Responder
 from ocspstaple.config import Options, Staple, load_config
 from ocspstaple.errors import FetchError
 from ocspstaple.fetch import HttpReply, HttpTransport
-from ocspstaple.refresh import Result, exit_code, refresh_all, refresh_one
+from ocspstaple.refresh import Result, exit_code, refresh_one
+from ocspstaple.run import refresh_all
 from ocspstaple.store import FileStore
 
 UTC = dt.timezone.utc

@@ -174,12 +174,12 @@ def test_clock_ahead_refuses_a_response_with_less_than_five_minutes_left(setup):
 
 SHIFTED_CLI = """
 import datetime, sys
-import ocspstaple.refresh
-_real = ocspstaple.refresh.refresh_all
+import ocspstaple.run
+_real = ocspstaple.run.refresh_all
 _offset = datetime.timedelta(hours=float(sys.argv[1]))
 def _shifted(*args, clock, **kw):  # the CLI's clock, as the core sees it, shifted
     return _real(*args, clock=lambda: clock() + _offset, **kw)
-ocspstaple.refresh.refresh_all = _shifted
+ocspstaple.run.refresh_all = _shifted
 from ocspstaple.cli import main
 main(sys.argv[2:], prog_name="ocspstaple")
 """

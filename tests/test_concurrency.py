@@ -21,7 +21,8 @@ from responder import Reply, Responder
 
 from ocspstaple.config import BadEntry, Staple
 from ocspstaple.fetch import MAX_PER_HOST, HostGates, HttpTransport
-from ocspstaple.refresh import Result, exit_code, refresh_all
+from ocspstaple.refresh import Result, exit_code
+from ocspstaple.run import refresh_all
 from ocspstaple.store import TEMP_SUFFIX, FileStore, lock_path
 
 UTC = dt.timezone.utc

@@ -1,6 +1,6 @@
 """The verification verdict cache: a staple whose certificate, issuer and
 staple bytes are exactly what an earlier run verified is FRESH without
-verifying a signature again (refresh._recalled, state.Checked, state.recall).
+verifying a signature again (run._recalled, state.Checked, state.recall).
 
 The crypto is real (tests/pki.py) and never replaced: to show that no
 signature was checked on the shortcut, the real check functions are wrapped
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import AnswerNetwork as Network
-from conftest import Checks, NoNetwork, Run, Site, assert_silent_success, run_cli, stop_stray_threads
+from conftest import Checks, NoNetwork, Run, Site, assert_silent_success, run_cli
 from conftest import FixedClock as Clock
 from pki import CA, DAY, HOUR, Issued, write_pem
 from responder import Responder
@@ -30,7 +30,8 @@ import ocspstaple.validate
 from ocspstaple import refresh, state
 from ocspstaple.config import Staple
 from ocspstaple.errors import FetchError, ValidationError
-from ocspstaple.refresh import Inputs, Outcome, Result, checked_digest, exit_code, refresh_all
+from ocspstaple.refresh import Inputs, Outcome, Result, checked_digest, exit_code
+from ocspstaple.run import refresh_all
 from ocspstaple.state import Checked, Record
 from ocspstaple.store import TEMP_SUFFIX, FileStore
 from ocspstaple.validate import CertStatus, VerifiedResponse
@@ -369,27 +370,12 @@ def test_recalled_must_staple_verdict_marks_the_outcome(tmp_path, core_ca, check
     assert checks["verify"] == 0 and checks["issued_by"] == 0
 
 
-# -- the second process of a large run ---------------------------------------------------
+# -- a tampered staple among recalled ones ---------------------------------------------------
 
-@pytest.fixture
-def forks(monkeypatch) -> list[int]:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if cpus < 2 or not hasattr(os, "fork"):
-        pytest.skip("the split needs fork and two CPUs")
-    stop_stray_threads()  # refresh_all rightly does not fork while other threads run
-    calls: list[int] = []
-    real = os.fork
-
-    def counting() -> int:
-        calls.append(1)
-        return real()
-
-    monkeypatch.setattr(os, "fork", counting)
-    return calls
-
-
-@pytest.mark.parametrize("tampered", [None, 3], ids=["same-bytes", "one-tampered-in-the-child-half"])
-def test_split_run_takes_verdicts_in_the_second_process(st, core_ca, leaf, checks, forks, tampered):
+@pytest.mark.parametrize("tampered", [None, 3], ids=["same-bytes", "one-tampered"])
+def test_a_run_recalls_each_staple_on_its_own(st, core_ca, leaf, checks, tampered):
+    """All in this process (no fork since issue 15): a tampered staple is
+    checked in full and refused; the others are recalled."""
     body = respond(core_ca, leaf)
     staples = [replace(st, name=f"s{i}", output=st.output.with_name(f"s{i}.ocsp")) for i in range(4)]
     memo = Memo()
@@ -398,14 +384,12 @@ def test_split_run_takes_verdicts_in_the_second_process(st, core_ca, leaf, check
     if tampered is not None:
         staples[tampered].output.write_bytes(flip_last_byte(body))
     checks.clear()
-    outcomes = run(staples, Network(FetchError("down")), T0 + HOUR, memo, split_at=2)
-    assert forks == [1]
+    outcomes = run(staples, Network(FetchError("down")), T0 + HOUR, memo)
     want = [Result.FRESH] * 4
     if tampered is not None:
         want[tampered] = Result.MISSING
     assert [o.result for o in outcomes] == want
     assert [o.name for o in outcomes] == ["s0", "s1", "s2", "s3"]
-    # The child's checks are not seen here: only what this process decided in full is.
     if tampered is None:
         assert checks["verify"] == 0
     else:

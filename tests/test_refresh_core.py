@@ -18,7 +18,8 @@ from pki import CA, DAY, HOUR, unsuccessful, write_pem
 from ocspstaple.config import BadEntry, Staple
 from ocspstaple.errors import FetchError, StoreError
 from ocspstaple.fetch import HttpReply
-from ocspstaple.refresh import Result, exit_code, refresh_all, refresh_one
+from ocspstaple.refresh import Result, exit_code, refresh_one
+from ocspstaple.run import refresh_all
 from ocspstaple.store import FileStore, lock_path
 
 UTC = dt.timezone.utc

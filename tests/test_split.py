@@ -1,47 +1,38 @@
-"""Issue 5: a run where nothing is due looks at half of its staples in a forked
-process (refresh._quick_all), and is decided exactly as in one process.
+"""A no-op run over many staples, in one process (issue 15: the fork of
+issue 5 is gone).
 
-The staples and their recalled verdicts are real (real files, real crypto
-for the first, full run); the clock is passed in and notes which process
-asked it, which is how the tests see whether a second process took part.
+A run where nothing is due once looked at half of its staples in a forked
+process; now every staple is looked at in the run's own process, and a run
+that had to verify a staple in full saves the verdict so that the next run
+recalls it.  The staples and their recalled verdicts are real (real files,
+real crypto for the first, full run); the clock is passed in.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import NoNetwork, stop_stray_threads
+from conftest import NoNetwork, run_cli
 from pki import CA, DAY, HOUR, write_pem
 
-from ocspstaple import refresh
+from ocspstaple import state
 from ocspstaple.config import Staple
-from ocspstaple.refresh import Result, refresh_all
+from ocspstaple.refresh import Result
+from ocspstaple.run import refresh_all
 from ocspstaple.store import FileStore
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 N = 6
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or refresh._cpus() < 2,
-                                reason="splits only with fork and two CPUs")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    """refresh_all does not fork while another thread runs: start each test
-    from one thread, whatever tests ran before."""
-    stop_stray_threads()
-
 
 class PidClock:
     """T0, and a note in ``log`` of the process that asked (children included)."""
 
-    def __init__(self, log: Path, *, child_sleeps: float = 0.0) -> None:
-        self.log, self.parent, self.child_sleeps = log, os.getpid(), child_sleeps
+    def __init__(self, log: Path) -> None:
+        self.log = log
 
     def __call__(self) -> dt.datetime:
         fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -49,8 +40,6 @@ class PidClock:
             os.write(fd, f"{os.getpid()}\n".encode())
         finally:
             os.close(fd)
-        if self.child_sleeps and os.getpid() != self.parent:
-            time.sleep(self.child_sleeps)
         return T0
 
     def pids(self) -> set[int]:
@@ -59,7 +48,7 @@ class PidClock:
 
 @pytest.fixture(scope="module")
 def ca() -> CA:
-    return CA.root("Split Root", now=T0)
+    return CA.root("Noop Root", now=T0)
 
 
 @pytest.fixture
@@ -79,123 +68,87 @@ def fleet(tmp_path: Path, ca: CA) -> tuple[list[Staple], dict[Path, object]]:
     return staples, {o.output: o.checked() for o in first}
 
 
-def run(staples, memo, clock, *, split_at: int = 2, store=None):
-    return refresh_all(staples, network=NoNetwork(), clock=clock, store=store or FileStore(), jobs=1,
-                       recall=lambda st: memo.get(st.output), split_at=split_at)
+def run(staples, memo, clock, *, store=None, jobs: int = 1):
+    return refresh_all(staples, network=NoNetwork(), clock=clock, store=store or FileStore(), jobs=jobs,
+                       recall=lambda st: memo.get(st.output))
 
 
 def summary(outcomes) -> list[tuple]:
     return [(o.name, o.result, o.staple.der, o.message, o.must_staple) for o in outcomes]
 
 
-def test_half_of_the_staples_are_looked_at_by_a_second_process(fleet, tmp_path):
+def test_every_staple_is_looked_at_in_this_process(fleet, tmp_path, monkeypatch, checks):
     staples, memo = fleet
+    monkeypatch.setattr(os, "fork", lambda: pytest.fail("a run forked"))
     clock = PidClock(tmp_path / "pids")
-    split = run(staples, memo, clock)
-    assert len(clock.pids() - {os.getpid()}) == 1
-    assert summary(split) == summary(run(staples, memo, lambda: T0, split_at=10**9))
-    assert [o.result for o in split] == [Result.FRESH] * N
-
-
-def test_below_the_threshold_one_process_does_it_all(fleet, tmp_path):
-    staples, memo = fleet
-    clock = PidClock(tmp_path / "pids")
-    run(staples, memo, clock, split_at=N + 1)
+    outcomes = run(staples * 200, memo, clock)  # 1,200 staples: once the threshold of the split
     assert clock.pids() == {os.getpid()}
+    assert [o.result for o in outcomes] == [Result.FRESH] * N * 200
+    assert checks["verify"] == 0  # all recalled
 
 
-def test_no_fork_while_another_thread_runs(fleet, tmp_path):
+def test_recalled_outcomes_are_those_of_a_full_decision(fleet):
+    """Twin: without verdicts, the same staples decided in full say the same."""
     staples, memo = fleet
-    clock = PidClock(tmp_path / "pids")
-    stop = threading.Event()
-    t = threading.Thread(target=stop.wait)
-    t.start()
-    try:
-        outcomes = run(staples, memo, clock)
-    finally:
-        stop.set()
-        t.join()
-    assert clock.pids() == {os.getpid()}
-    assert [o.result for o in outcomes] == [Result.FRESH] * N
+    assert summary(run(staples, memo, lambda: T0)) == summary(run(staples, {}, lambda: T0))
 
 
-class ChildDies(FileStore):
-    """A store whose reads kill any process but the test's: the forked child dies mid-look."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parent = os.getpid()
-
-    def read(self, path: Path) -> bytes | None:
-        if os.getpid() != self.parent:
-            os._exit(7)
-        return super().read(path)
-
-
-def test_a_child_that_dies_leaves_its_half_to_be_decided_in_full(fleet, tmp_path, checks):
+def test_outcomes_keep_the_order_of_the_staples_with_a_pool(fleet):
     staples, memo = fleet
-    outcomes = run(staples, memo, PidClock(tmp_path / "pids"), store=ChildDies())
-    assert [o.result for o in outcomes] == [Result.FRESH] * N
-    # The parent's half was recalled; the dead child's half was verified here, in full
-    # (counts made in a child die with it: these are this process's).
-    assert checks["verify"] == N - N // 2
+    half = {st.output: memo[st.output] for st in staples[::2]}  # the rest go to the pool
+    outcomes = run(staples, half, lambda: T0, jobs=4)
+    assert [o.name for o in outcomes] == [st.name for st in staples]
+    assert [o.verified for o in outcomes] == [False, True] * (N // 2)
 
 
-def test_a_live_child_does_its_half_without_verifying(fleet, tmp_path, checks):
-    staples, memo = fleet
-    clock = PidClock(tmp_path / "pids")
-    outcomes = run(staples, memo, clock)
-    assert [o.result for o in outcomes] == [Result.FRESH] * N
-    # A second process took part (without it, no verify here would prove nothing).
-    assert len(clock.pids() - {os.getpid()}) == 1
-    assert checks["verify"] == 0
-
-
-def test_interrupted_parent_does_not_wait_for_its_child(fleet, tmp_path):
-    staples, memo = fleet
-    clock = PidClock(tmp_path / "pids", child_sleeps=30)
-    asked = 0
-
-    def interrupting() -> dt.datetime:
-        nonlocal asked
-        t = clock()
-        if os.getpid() == clock.parent:
-            asked += 1
-            if asked == N // 2:  # the parent's last staple: Ctrl-C once the child is at work
-                deadline = time.monotonic() + 5
-                while not clock.pids() - {os.getpid()} and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                raise KeyboardInterrupt
-        return t
-
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        run(staples, memo, interrupting)
-    assert time.monotonic() - started < 10  # the child sleeps 30 s per staple unless killed
-    children = clock.pids() - {os.getpid()}
-    assert len(children) == 1
-    with pytest.raises(ProcessLookupError):  # reaped, not a zombie
-        os.kill(children.pop(), 0)
-
-
-def test_no_process_to_be_had_means_one_process_does_it_all(fleet, tmp_path, monkeypatch):
-    staples, memo = fleet
-    clock = PidClock(tmp_path / "pids")
-
-    def no_fork() -> int:
-        raise BlockingIOError(11, "Resource temporarily unavailable")
-
-    monkeypatch.setattr(os, "fork", no_fork)
-    outcomes = run(staples, memo, clock)
-    assert [o.result for o in outcomes] == [Result.FRESH] * N
-    assert clock.pids() == {os.getpid()}
-
-
-def test_split_with_stdout_closed(fleet, tmp_path, monkeypatch):
+def test_outcomes_without_stdout(fleet, monkeypatch):
     """Started with stdout closed (Python's sys.stdout is then None): no crash."""
     staples, memo = fleet
-    clock = PidClock(tmp_path / "pids")
     monkeypatch.setattr("sys.stdout", None)
-    outcomes = run(staples, memo, clock)
-    assert [o.result for o in outcomes] == [Result.FRESH] * N
-    assert len(clock.pids()) == 2
+    assert [o.result for o in run(staples, memo, lambda: T0)] == [Result.FRESH] * N
+
+
+# -- a verdict had in full is saved, even by a run that fetched nothing ------------------------
+
+def cli_site(tmp_path: Path, ca: CA) -> Path:
+    """A config of N fresh staples that another tool wrote (no state records)."""
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    issuer = write_pem(tmp_path / "issuer.pem", ca.cert)
+    lines = []
+    for i in range(N):
+        leaf = ca.issue(f"noop{i}.example.test", ocsp_urls=("http://127.0.0.1:9/",))
+        cert = write_pem(tmp_path / f"c{i}.pem", leaf)
+        (tmp_path / f"c{i}.pem.ocsp").write_bytes(ca.respond(leaf.cert, this_update=now - HOUR,
+                                                              next_update=now + 4 * DAY))
+        lines += [f"[staple.c{i}]", f'cert = "{cert}"', f'issuer = "{issuer}"']
+    config = tmp_path / "c.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def test_a_noop_run_that_verified_saves_the_verdict_once(tmp_path, ca):
+    config = cli_site(tmp_path, ca)
+    state_dir = tmp_path / "state"
+    first = run_cli("refresh", "--config", config, "--state-dir", state_dir)
+    assert first.code == 0 and first.err == "", first.err
+    records = sorted(state_dir.iterdir())
+    assert len(records) == N
+    for i in range(N):
+        r = state.load(tmp_path / f"c{i}.pem.ocsp", state_dir)
+        assert r.checked is not None and r.last_attempt is None  # a verdict, no attempt
+    stamps = [p.stat().st_mtime_ns for p in records]
+    second = run_cli("refresh", "--config", config, "--state-dir", state_dir)
+    assert second.code == 0 and second.err == "", second.err
+    # the verdicts were recalled: nothing written again
+    assert [p.stat().st_mtime_ns for p in sorted(state_dir.iterdir())] == stamps
+
+
+def test_a_noop_run_whose_verdicts_are_recalled_writes_nothing(tmp_path, ca):
+    """Twin: the staples' recalled verdicts need no saving; the directory is as it was."""
+    config = cli_site(tmp_path, ca)
+    state_dir = tmp_path / "state"
+    run_cli("refresh", "--config", config, "--state-dir", state_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    again = run_cli("refresh", "--config", config, "--state-dir", state_dir)
+    assert again.code == 0, again.err
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
