@@ -432,7 +432,8 @@ class Records:
                  dirs: Dirs | None) -> None:
         self._settings, self._clock, self._dirs = settings, clock, dirs
         #: (name, output) names one staple; the same twice is the same settings
-        self._staples: dict[tuple[str, Path | None], Staple] = {(st.name, st.output): st for st in staples if isinstance(st, Staple)}
+        self._staples: dict[tuple[str, Path | None], Staple] = {
+            (st.name, st.output): st for st in staples if isinstance(st, Staple)}
         self._saved: dict[int, state.Record] = {}
 
     def save(self, o: Outcome) -> None:

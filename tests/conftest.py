@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +20,7 @@ from responder import Responder  # noqa: E402
 
 import ocspstaple.certs  # noqa: E402
 import ocspstaple.validate  # noqa: E402
-from ocspstaple import fetch, refresh  # noqa: E402
+from ocspstaple import refresh  # noqa: E402
 from ocspstaple.fetch import HttpReply  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,40 +258,3 @@ def checks(monkeypatch) -> Checks:
     spy(ocspstaple.validate, "verify", "verify")
     spy(ocspstaple.certs, "check_issued_by", "issued_by")
     return seen
-
-
-def stop_stray_threads(*, deadline: float = 10.0) -> None:
-    """Leave this process with no thread but the main one, or fail naming the others.
-
-    refresh_all forks only while no other thread runs (a fork copies their
-    held locks), so a test of the split must start from one thread whatever
-    ran before it.  HttpTransport's idle request workers would otherwise live
-    on for _Workers.IDLE (30 s) after an earlier test's last request: each is
-    woken with a task, and with IDLE cut short it then leaves at once.  Every
-    other thread is waited for, up to ``deadline`` seconds; one still running
-    is the earlier test's leak, and a failure naming it says so (never a skip
-    that depends on test order).
-    """
-    workers = fetch._WORKERS
-    workers.IDLE = 0.0  # shadows the class's 30 s; read at each wait of the loop
-    try:
-        # One task per worker, each held until all are taken, so that no
-        # worker takes two and another sleeps on.
-        woken = [t for t in threading.enumerate() if t.name == "ocspstaple-http"]
-        if woken:
-            barrier = threading.Barrier(len(woken))
-
-            def wait() -> None:
-                with contextlib.suppress(threading.BrokenBarrierError):
-                    barrier.wait(deadline)
-
-            for _ in woken:
-                workers.run(wait)
-        end = time.monotonic() + deadline
-        for t in threading.enumerate():
-            if t is not threading.current_thread():
-                t.join(max(0.0, end - time.monotonic()))
-    finally:
-        del workers.IDLE
-    left = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
-    assert not left, f"threads an earlier test left running: {left}"
