@@ -113,16 +113,21 @@ def mount_points() -> list[str]:
 
 
 def build(spec: dict) -> None:
-    if spec["private_tmp"]:
-        for d in ("/tmp", "/var/tmp"):
-            mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", d)
     masked = [h for h in HOMES if spec["protect_home"] and os.path.isdir(h)]
+    if spec["private_tmp"]:
+        masked += ["/tmp", "/var/tmp"]
+    # The test's interpreter and checkout (``keep``) under a path the unit
+    # masks (a home; /tmp under PrivateTmp, where a CI clone may live) are
+    # set aside on /dev/shm, then bound back in over the empty mount.
     stash = {}
     for i, path in enumerate(p for p in spec["keep"] if any(under(p, h) for h in masked)):
-        where = f"/tmp/.sandbox-keep-{i}"
+        where = f"/dev/shm/.sandbox-keep-{os.getpid()}-{i}"
         os.makedirs(where)
         mount("--bind", path, where)
         stash[path] = where
+    if spec["private_tmp"]:
+        for d in ("/tmp", "/var/tmp"):
+            mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", d)
     writable = []
     for entry in spec["rw"]:
         optional = entry.startswith("-")
@@ -136,12 +141,13 @@ def build(spec: dict) -> None:
         mount("--bind", path, path)
         writable.append(path)
     for home in masked:
-        mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", home)
-        for path, where in stash.items():
-            if under(path, home):
-                os.makedirs(path, exist_ok=True)
-                mount("--bind", where, path)
-                subprocess.run(["umount", where], check=True)
+        if home not in ("/tmp", "/var/tmp"):
+            mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", home)
+    for path, where in stash.items():
+        os.makedirs(path, exist_ok=True)
+        mount("--bind", where, path)
+        subprocess.run(["umount", where], check=True)
+        os.rmdir(where)
     if spec["protect_system"] == "strict":
         for mp in mount_points():
             if any(under(mp, top) for top in API) or mp in ("/tmp", "/var/tmp"):
