@@ -359,11 +359,21 @@ def test_fresh_run_writes_no_record(tmp_path: Path, ca: CA, responder: Responder
     c = make_cert(tmp_path, ca, "site", urls=(responder.url,))
     put_staple(ca, c, now=utcnow(), left=7 * DAY)  # due in a day (the 4-day cap)
     responder.leaf = c.leaf
+    # The first run checks the staple in full and keeps that verdict (issue 15:
+    # only the first such run pays for the signatures), under the staple's
+    # lock; nothing else is written.
+    files = [".site.pem.ocsp.lock", ".site.pem.ocsp.state.json", "site.pem", "site.pem.ocsp"]
     run = refresh("--cert", c.cert)
     assert run.code == 0 and run.err == ""
     assert responder.requests == 0
-    assert not c.record.exists()
-    assert sorted(os.listdir(tmp_path)) == ["site.pem", "site.pem.ocsp"]
+    assert sorted(os.listdir(tmp_path)) == files
+    assert json.loads(c.record.read_text())["checked"]["digest"]
+    # A run with the verdict recalled writes nothing at all.
+    before = c.record.stat()
+    run = refresh("--cert", c.cert)
+    assert run.code == 0 and run.err == "" and responder.requests == 0
+    assert c.record.stat().st_ino == before.st_ino and c.record.stat().st_mtime_ns == before.st_mtime_ns
+    assert sorted(os.listdir(tmp_path)) == files
     # Twin: the same staple with --force is attempted, and so recorded.
     responder.serve(responder.good(this_update=utcnow() - MINUTE))
     run = refresh("--cert", c.cert, "--force")
