@@ -79,7 +79,7 @@ def _lineage(d: Path, *, output_dir: Path, options: Options, force: bool) -> Sta
         st = staple_from_options(cert=cert, issuer=issuer, output=output_dir / f"{d.name}.der", url=None,
                                  options=options, force=force)
     except InputError as e:  # a lineage name that makes no usable output name
-        return BadEntry(name=repr(str(d))[1:-1], reason=str(e))  # its newline escaped: one log line
+        return BadEntry(name=str(d), reason=str(e))
     return replace(st, name=str(d), label=d.name)
 
 

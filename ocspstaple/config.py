@@ -518,6 +518,6 @@ def check_output_name(output: Path, where: str) -> Path:
     a name (a certbot lineage may have one) would make two entries of one."""
     text = str(output)
     if any(ord(c) < 0x20 or c == "\x7f" for c in text):
-        raise InputError(f"{repr(where)[1:-1]}: the output {text!r} holds a control character (a newline?): "
+        raise InputError(f"{where}: the output {text!r} holds a control character (a newline?): "
                          "$OCSPSTAPLE_CHANGED lists one path a line; give an output without one")
     return output

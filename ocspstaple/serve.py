@@ -193,11 +193,6 @@ class StapleIndex:
                 name_hash, key_hash = issuer_hashes(pair.issuer, algorithm)
                 self.entries.setdefault((algorithm.name, name_hash, key_hash, pair.cert.serial_number), entry)
 
-    def answer(self, request_der: bytes) -> tuple[bytes, str]:
-        """The DER OCSPResponse for one request, and a word for the log."""
-        a = self.lookup(request_der)
-        return a.der, a.what
-
     def lookup(self, request_der: bytes) -> Answer:
         """The answer to one request, with the staple behind it, if any."""
         try:

@@ -34,12 +34,9 @@ import pwd
 import stat
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from ocspstaple.errors import StoreError, TrustError
-
-if TYPE_CHECKING:
-    import filelock
 
 log = logging.getLogger(__name__)
 
@@ -307,11 +304,6 @@ def target_file(path: Path | str) -> str:
     return p
 
 
-def resolve_target(path: Path) -> Path:
-    """target_file as a Path."""
-    return Path(target_file(path))
-
-
 # -- scanning a directory ---------------------------------------------------------
 
 def scan_files(directory: Path, suffix: str) -> list[tuple[Path, str]]:
@@ -506,15 +498,16 @@ def lock_output(
         raise
     except OSError as e:
         raise StoreError(f"cannot create {lock_file}: {why(e)}") from None
-    lock = _locker(lock_file, timeout)
+    import filelock  # here: a run where nothing is due takes no lock, and need not import it
+
+    lock = filelock.UnixFileLock(str(lock_file), timeout=timeout, mode=LOCK_MODE, thread_local=False,
+                                 is_singleton=False, fallback_to_soft=False, poll_interval=0.01)
     try:
         lock.acquire()
-    except Exception as e:
-        if type(e).__name__ == "Timeout":  # filelock.Timeout, without importing filelock here
-            raise StoreError(f"another run held {lock_file} for {timeout:g} s; gave up") from None
-        if isinstance(e, OSError):
-            raise StoreError(f"cannot lock {lock_file}: {e.strerror or e}") from None
-        raise
+    except filelock.Timeout:
+        raise StoreError(f"another run held {lock_file} for {timeout:g} s; gave up") from None
+    except OSError as e:
+        raise StoreError(f"cannot lock {lock_file}: {e.strerror or e}") from None
     try:
         # Whoever holds the lock is the only writer, so a temp file found now
         # was left by a run that died (kill -9, power loss) mid-write.
@@ -524,13 +517,6 @@ def lock_output(
         yield
     finally:
         lock.release()
-
-
-def _locker(lock_file: Path, timeout: float) -> filelock.UnixFileLock:
-    import filelock  # imported here: a run where nothing is due takes no lock
-
-    return filelock.UnixFileLock(str(lock_file), timeout=timeout, mode=LOCK_MODE, thread_local=False,
-                                 is_singleton=False, fallback_to_soft=False, poll_interval=0.01)
 
 
 def _open_lock(dfd: int, name: str, shown: Path) -> int:
@@ -740,7 +726,3 @@ class _TempListing:
         if not names:
             return []
         return [Path(directory, n) for n in _temp_names(names, name)]
-
-
-def glob_escape(name: str) -> str:
-    return "".join("[" + c + "]" if c in "*?[" else c for c in name)
