@@ -308,7 +308,7 @@ _OPTION_KEYS: Mapping[str, Any] = {
     "default_validity": parse_duration,
     "lock_timeout": check_timeout,
     "haproxy_socket": lambda v, where: check_socket(_str(v, where), where),
-    "connect": lambda v, where: _addresses(v, where),
+    "connect": _addresses,
     "servername": lambda v, where: check_servername(_str(v, where), where),
 }
 _RUN_KEYS: Mapping[str, Any] = {

@@ -206,10 +206,13 @@ class Inputs:
 def read_inputs(st: Staple) -> Inputs:
     """The staple's certificate and issuer files; InputError when unreadable."""
     cert = read_pem_bytes(st.cert)
-    if st.issuer is None:
-        return Inputs(cert, None, None)
-    data = read_pem_bytes(st.issuer)
-    return Inputs(cert, data, parse_pem(data, name=str(st.issuer)))
+    return Inputs(cert, None, None) if st.issuer is None else Inputs(cert, *read_issuer(st.issuer))
+
+
+def read_issuer(path: Path) -> tuple[bytes, list[Any]]:
+    """An issuer file's bytes and its certificates, parsed; InputError when unusable."""
+    data = read_pem_bytes(path)
+    return data, parse_pem(data, name=str(path))
 
 
 def checked_digest(st: Staple, inputs: Inputs, staple: bytes) -> str:

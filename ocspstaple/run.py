@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from ocspstaple.certs import parse_pem, read_pem_bytes
+from ocspstaple.certs import read_pem_bytes
 from ocspstaple.config import BadEntry, RunSettings, Staple
 from ocspstaple.errors import FetchError, InputError, StoreError, ValidationError
 from ocspstaple.fetch import HttpReply, Origins, Transport
@@ -38,6 +38,7 @@ from ocspstaple.refresh import (
     fresh,
     leftovers,
     one,
+    read_issuer,
     report,
     with_must_staple,
 )
@@ -282,8 +283,7 @@ class Shared:
             issuer = self._issuers.get(st.issuer)
         if issuer is None:
             try:
-                data = read_pem_bytes(st.issuer)
-                issuer = (data, parse_pem(data, name=str(st.issuer)))
+                issuer = read_issuer(st.issuer)
             except InputError as e:
                 issuer = e  # the same error for every staple naming it
             with self._lock:
