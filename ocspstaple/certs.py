@@ -78,7 +78,8 @@ def _is_der(data: bytes) -> bool:
     return True
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` says it is a CA (basicConstraints cA)."""
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except (x509.ExtensionNotFound, ValueError):  # absent or unparsable: not a CA as far as we know
@@ -107,7 +108,7 @@ def pair_of(chain: list[x509.Certificate], issuers: list[x509.Certificate] | Non
         if found is not None:
             return Pair(cert=cert, issuer=found)
         if len(chain) == 1:
-            if _is_ca(cert):
+            if is_ca(cert):
                 # A CA's own certificate (often self-signed): more --issuer would not help.
                 raise InputError(f"{cert_path} holds a CA certificate ({describe(cert)}), not a server "
                                  "certificate: staples are for the certificate a TLS server presents")

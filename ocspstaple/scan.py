@@ -14,9 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cryptography import x509
-
-from ocspstaple.certs import find_issuer, ocsp_urls, read_pem_file
+from ocspstaple.certs import find_issuer, is_ca, ocsp_urls, read_pem_file
 from ocspstaple.config import BadEntry, Options, Staple, staple_from_options
 from ocspstaple.errors import InputError, TrustError
 from ocspstaple.store import scan_files, why
@@ -65,11 +63,7 @@ def _skip_reason(path: Path) -> str:
     except InputError as e:
         return str(e)
     cert = chain[0]
-    try:
-        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except (x509.ExtensionNotFound, ValueError):  # absent or unparsable: not a CA as far as we know
-        ca = False
-    if ca:
+    if is_ca(cert):
         return "its first certificate is a CA certificate"
     if find_issuer(cert, chain[1:]) is None:
         return "no certificate in the file signed the first one"
