@@ -156,6 +156,12 @@ class Services(Protocol):
         """Say ``text`` (the local clock looks wrong); a run says it once."""
         ...
 
+    def settled(self, outcome: Outcome) -> None:
+        """``outcome`` is the staple's final one and its output lock is still
+        held: a run saves the state record now, without taking the lock again.
+        Never raises."""
+        ...
+
 
 class _Alone:
     """The Services of a staple refreshed on its own (refresh_one)."""
@@ -174,6 +180,9 @@ class _Alone:
 
     def clock_warning(self, text: str) -> None:
         log.warning("%s", text)
+
+    def settled(self, outcome: Outcome) -> None:
+        pass
 
 
 def one(st: Staple | BadEntry, shared: Services, *, clock: Clock, store: Store) -> Outcome:
@@ -264,10 +273,19 @@ def _refresh_one(st: Staple, shared: Services, *, clock: Clock, store: Store) ->
     if outcome is None:
         try:
             with store.lock(st.output, timeout=st.lock_timeout):
-                outcome = _refresh_locked(st, pair, urls, shared=shared, clock=clock, store=store)
+                outcome = _final(st, inputs, pair, _refresh_locked(st, pair, urls, shared=shared, clock=clock,
+                                                                   store=store))
+                shared.settled(outcome)  # one lock per staple: the state record is saved under this one
+                return outcome
         except StoreError as e:
             # The lock could not be had: say what the staple on disk is worth anyway.
             outcome = _failed(st, str(e), inspect_disk(store, st, pair, clock()))
+    return _final(st, inputs, pair, outcome)
+
+
+def _final(st: Staple, inputs: Inputs, pair: Pair, outcome: Outcome) -> Outcome:
+    """The outcome with what the run needs of it: the checked digest of a
+    verified staple (for the state record's verdict) and must-staple."""
     if outcome.staple is not None:
         outcome = replace(outcome, digest=checked_digest(st, inputs, outcome.staple.der), verified=True)
     return with_must_staple(outcome) if must_staple(pair.cert) else outcome

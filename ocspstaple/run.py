@@ -86,6 +86,7 @@ def refresh_all(
     hold: Callable[[Staple], dt.datetime | None] | None = None,
     recall: Recall | None = None,
     origins: Origins | None = None,
+    settled: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
     """Refresh every staple; one failure never stops the others.
 
@@ -115,11 +116,15 @@ def refresh_all(
     to); each origin found down is said once (see tell_down), after the
     run, instead of one warning per kept staple.
 
+    ``settled``: called with a staple's outcome while its output lock is
+    still held (refresh.Services.settled), before ``on_done``; for the
+    staples decided under their lock only.
+
     The per-responder cap on requests in flight (fetch.MAX_PER_HOST) is the
     transport's: HttpTransport holds each request's slot until its socket
     work is over.
     """
-    shared = Shared(network, hold, recall)
+    shared = Shared(network, hold, recall, settled)
     jobs = DEFAULT_JOBS if jobs is None else max(1, jobs)
     #: kept staples whose responder gave no answer: said at the end, once per origin found down
     deferred: list[Outcome] = []
@@ -221,11 +226,12 @@ class Shared:
     """What the staples of one run share (refresh.Services); safe to use from many threads."""
 
     def __init__(self, network: Network, hold: Callable[[Staple], dt.datetime | None] | None = None,
-                 recall: Recall | None = None) -> None:
+                 recall: Recall | None = None, settled: Callable[[Outcome], None] | None = None) -> None:
         self._network = network
         #: when a staple's responder may be asked again (its max-age), from the state records
         self.hold = hold or (lambda st: None)
         self.recall = recall
+        self._settled = settled
         self._skew_warned = False
         self._lock = threading.Lock()
         self._transports: dict[tuple[float, str | None], _Deduped] = {}
@@ -238,6 +244,10 @@ class Shared:
                 return
             self._skew_warned = True
         log.warning("%s", text)
+
+    def settled(self, outcome: Outcome) -> None:
+        if self._settled is not None:
+            self._settled(outcome)
 
     def network(self, timeout: float, proxy: str | None) -> Transport:
         """The run's transport for these settings, made on first use."""
@@ -384,7 +394,7 @@ def execute(staples: Sequence[Staple | BadEntry], settings: RunSettings, *, prog
         outcomes = refresh_all(staples, network=network, clock=clock, store=store, jobs=settings.jobs, on_done=done,
                                hold=lambda st: state.load(st.output, settings.state_dir, dirs=dirs).retry_after,
                                recall=lambda st: state.recall(st.output, settings.state_dir, dirs=dirs),
-                               origins=origins)
+                               origins=origins, settled=records.save_locked)
     except KeyboardInterrupt:
         # Writes are atomic: whatever was interrupted left the staple as it was.
         log.error("interrupted; staples not yet refreshed are left as they were")
@@ -435,16 +445,32 @@ class Records:
         self._staples: dict[tuple[str, Path | None], Staple] = {
             (st.name, st.output): st for st in staples if isinstance(st, Staple)}
         self._saved: dict[int, state.Record] = {}
+        #: id() of the outcomes whose record is saved or being saved (the outcomes live as long as the run)
+        self._done: set[int] = set()
+        self._lock = threading.Lock()
 
     def save(self, o: Outcome) -> None:
+        """Save ``o``'s record, under its output lock (unless save_locked did already)."""
+        self._try(o, locked=False)
+
+    def save_locked(self, o: Outcome) -> None:
+        """Save ``o``'s record while the caller holds its output lock, so
+        that a staple written takes one lock, not two."""
+        self._try(o, locked=True)
+
+    def _try(self, o: Outcome, *, locked: bool) -> None:
         if o.fetched is None and not o.verified:
             return  # nothing attempted, nothing newly verified: a no-op run writes nothing
+        with self._lock:
+            if id(o) in self._done:
+                return
+            self._done.add(id(o))
         try:
-            self._save(o)
+            self._save(o, locked=locked)
         except Exception as e:  # a bug here must not stop the run: the staple is what matters
             log.warning("%s: cannot save the state record (internal error: %s: %s)", o.name, type(e).__name__, e)
 
-    def _save(self, o: Outcome) -> None:
+    def _save(self, o: Outcome, *, locked: bool) -> None:
         from dataclasses import replace
 
         from ocspstaple import state
@@ -465,7 +491,7 @@ class Records:
         # A verdict alone that cannot be saved costs the next run time, not a
         # staple: said with -v only.
         state.save(st.output, self._settings.state_dir, record, lock_timeout=st.lock_timeout,
-                   quiet=o.result.exit_code > 0 or o.fetched is None, dirs=self._dirs)
+                   quiet=o.result.exit_code > 0 or o.fetched is None, dirs=self._dirs, locked=locked)
         self._saved[id(o)] = record
 
     def refresh_due(self, o: Outcome) -> dt.datetime | None:

@@ -19,6 +19,7 @@ else.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -235,10 +236,10 @@ def _not_ours(output: Path, path: Path | str) -> None:
 
 
 def save(output: Path, state_dir: Path | None, record: Record, *, lock_timeout: float, quiet: bool = False,
-         dirs: Dirs | None = None) -> None:
-    """Write the record atomically, under the output's lock; a failure is a
-    warning (info when ``quiet``: the staple's own error already said why),
-    never a lost staple.
+         dirs: Dirs | None = None, locked: bool = False) -> None:
+    """Write the record atomically, under the output's lock (``locked``: the
+    caller holds it already); a failure is a warning (info when ``quiet``:
+    the staple's own error already said why), never a lost staple.
 
     Beside the staple, the record's temp file is named after the staple, so
     the staple's own cleanup of a killed run's temp files (which lists each
@@ -250,11 +251,14 @@ def save(output: Path, state_dir: Path | None, record: Record, *, lock_timeout: 
     try:
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
-        with lock_output(output, timeout=lock_timeout, leftovers=_none, dirs=dirs):
+        with contextlib.nullcontext() if locked else lock_output(output, timeout=lock_timeout, leftovers=_none,
+                                                                  dirs=dirs):
             prefix = f".{os.path.basename(target_file(output))}.state." if state_dir is None else None
+            # One line: with an indent, json encodes in Python, a tenth of a
+            # written staple's CPU; `jq . FILE` shows it indented.
             # Not fsynced: losing the latest record to a power cut costs nothing.
             # Not followed: a symlink at the record's name is replaced, never written through.
-            atomic_write(path, (json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n").encode(),
+            atomic_write(path, (json.dumps(record.to_json(), sort_keys=True) + "\n").encode(),
                          temp_prefix=prefix, durable=False, follow=False, dirs=dirs)
     except (StoreError, OSError) as e:
         log.log(logging.INFO if quiet else logging.WARNING, "%s: cannot save the state record %s: %s", output, path, e)

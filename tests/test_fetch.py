@@ -189,3 +189,36 @@ def test_transport_proxy_option_is_used(server):
 def test_transport_refuses_a_non_http_proxy():
     with pytest.raises(InputError, match="proxy"):
         HttpTransport(timeout=5, proxy="socks9://127.0.0.1:1")
+
+
+# The environment is read once per origin (requests would read it again for
+# every request); what it says must still hold, origin by origin.
+
+def test_transport_env_proxy_is_used(server, monkeypatch):
+    server.serve(Reply(b"via proxy"))
+    monkeypatch.setenv("http_proxy", server.url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    t = HttpTransport(timeout=5)
+    assert t.get("http://ocsp.invalid/abc").body == b"via proxy"
+    assert server.seen[-1].path == "http://ocsp.invalid/abc"
+
+
+def test_transport_no_proxy_bypasses_the_env_proxy_for_its_origin_only(server, monkeypatch):
+    """Twin of the above: NO_PROXY names the responder's host, so its request
+    goes direct while another origin still goes through the (dead) proxy."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    server.serve(Reply(b"direct"))
+    monkeypatch.setenv("http_proxy", dead)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    t = HttpTransport(timeout=5)
+    assert t.get(server.url).body == b"direct"
+    assert server.seen[-1].path == "/"  # origin-form: not a proxy request
+    with pytest.raises(FetchError, match="proxy"):
+        t.get("http://ocsp.invalid/abc")
