@@ -481,7 +481,7 @@ def lock_output(
 
     An exclusive flock(2) on ``.NAME.lock`` (mode 0600) taken by filelock
     (spec, "Writing").  The lock file is checked first, inside its checked
-    directory (``_open_lock``: a lock others could open is replaced by a
+    directory (``_check_lock``: a lock others could open is replaced by a
     fresh 0600 one); then filelock opens it by path, which is safe because
     the directory is one nobody else can write.  filelock's Unix lock without
     its thread-local and singleton machinery and without the soft-lock
@@ -493,7 +493,7 @@ def lock_output(
     lock_file = lock_path(path)
     try:
         with located(lock_file, follow=False, dirs=dirs) as (dfd, name, _):
-            os.close(_open_lock(dfd, name, lock_file))
+            _check_lock(dfd, name, lock_file)
     except StoreError:
         raise
     except OSError as e:
@@ -519,25 +519,30 @@ def lock_output(
         lock.release()
 
 
-def _open_lock(dfd: int, name: str, shown: Path) -> int:
-    """A descriptor of the lock ``name``: a regular file of ours, 0600, with
-    one link.  Anything else at its name (a 0644 lock of an older version,
-    which anyone who can read the directory can hold, a symlink, a FIFO) is
-    first replaced by a fresh lock: whoever holds the old one holds nothing."""
+def _check_lock(dfd: int, name: str, shown: Path) -> None:
+    """Make the lock ``name`` a regular file of ours, 0600, with one link,
+    before filelock opens it by path (the directory is one nobody else can
+    write, so the file checked is the file it opens).  A missing lock is
+    created 0600 (O_EXCL, O_NOFOLLOW); anything else at its name (a 0644
+    lock of an older version, which anyone who can read the directory can
+    hold, a symlink, a FIFO) is first replaced by a fresh lock: whoever
+    holds the old one holds nothing.  A lock that is fine costs one lstat."""
     for _ in range(3):
         try:
-            st: os.stat_result | None = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
-            st = None
-        if st is not None and not _lock_ok(st):
-            if stat.S_ISDIR(st.st_mode):
-                raise StoreError(f"cannot create {shown}: it is a directory")
-            _replace_lock(dfd, name, shown, st)
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-                     LOCK_MODE, dir_fd=dfd)
-        if _lock_ok(os.fstat(fd)):
-            return fd
-        os.close(fd)  # swapped since the stat (another run replacing it too): look again
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                             | os.O_CLOEXEC, LOCK_MODE, dir_fd=dfd)
+            except FileExistsError:
+                continue  # another run made it meanwhile: look at it
+            os.close(fd)
+            return
+        if _lock_ok(st):
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"cannot create {shown}: it is a directory")
+        _replace_lock(dfd, name, shown, st)
     raise StoreError(f"cannot create {shown}: it keeps changing")
 
 
@@ -654,12 +659,58 @@ def _keep_owner(fd: int, old: os.stat_result) -> None:
         log.debug("cannot keep owner %d:%d; not privileged", old.st_uid, old.st_gid)
 
 
+class _DirSync:
+    """One directory's renames and fsyncs (see _DirSyncs)."""
+
+    __slots__ = ("lock", "renamed", "synced")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # one fsync of the directory at a time
+        self.renamed = 0  # renames into it so far
+        self.synced = 0  # of which an fsync that began after them has completed
+
+
+class _DirSyncs:
+    """Group commit for the fsync that makes a rename durable.
+
+    Thread-safe.  Every writer still returns only once an fsync of its
+    directory that began after its rename has completed (spec, "Writing"),
+    but writers that rename into one directory while its fsync runs share
+    the next one instead of queueing one each: with 8 staples written at
+    once, a journalled disk does a fraction of the directory fsyncs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dirs: dict[tuple[int, int], _DirSync] = {}  # by (st_dev, st_ino)
+
+    def sync(self, dfd: int, directory: str) -> None:
+        info = os.fstat(dfd)
+        with self._lock:
+            d = self._dirs.get((info.st_dev, info.st_ino))
+            if d is None:
+                d = self._dirs[(info.st_dev, info.st_ino)] = _DirSync()
+            d.renamed += 1
+            mine = d.renamed
+        with d.lock:
+            if d.synced >= mine:
+                return  # an fsync that began after this rename has completed
+            with self._lock:
+                covered = d.renamed  # every rename counted so far is done: this fsync makes them all durable
+            try:
+                os.fsync(dfd)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+                    log.warning("%s: fsync of the directory failed: %s", directory, e.strerror)
+                return  # nothing counts as synced: the next writer does its own
+            d.synced = covered
+
+
+_DIR_SYNCS = _DirSyncs()
+
+
 def _fsync_dir(dfd: int, directory: str) -> None:
-    try:
-        os.fsync(dfd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
-            log.warning("%s: fsync of the directory failed: %s", directory, e.strerror)
+    _DIR_SYNCS.sync(dfd, directory)
 
 
 # -- temp files a killed run left ---------------------------------------------------

@@ -223,3 +223,60 @@ def test_lock_removes_temp_files_of_a_dead_run(tmp_path):
     with lock_output(out, timeout=5):
         pass
     assert listing(tmp_path) == {"site.der", ".site.der.lock", unrelated.name}
+
+
+# -- the directory fsync, shared by writers that rename meanwhile ---------------------
+
+def _writes_with_slow_dir_fsync(tmp_path, monkeypatch, n: int) -> tuple[list[tuple[str, float]], list[tuple[float, float]]]:
+    """``n`` threads write a file each into one directory at once, with an
+    fsync that takes 30 ms; each write's (rename time, return time) and each
+    directory fsync's (start, end)."""
+    real_fsync, real_replace = os.fsync, os.replace
+    syncs: list[tuple[float, float]] = []
+    renamed: dict[str, float] = {}
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            t0 = time.monotonic()
+            time.sleep(0.03)
+            real_fsync(fd)
+            syncs.append((t0, time.monotonic()))
+        else:
+            real_fsync(fd)
+
+    def replace(src, dst, **kw) -> None:
+        real_replace(src, dst, **kw)
+        renamed[os.fspath(dst)] = time.monotonic()
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    done: list[tuple[str, float]] = []
+    start = threading.Barrier(n)
+
+    def write(i: int) -> None:
+        start.wait()
+        atomic_write(tmp_path / f"s{i}.ocsp", b"x" * 100)
+        done.append((f"s{i}.ocsp", time.monotonic()))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [(renamed[name], end) for name, end in done], syncs
+
+
+def test_every_rename_is_made_durable_before_its_write_returns(tmp_path, monkeypatch):
+    writes, syncs = _writes_with_slow_dir_fsync(tmp_path, monkeypatch, 8)
+    assert len(writes) == 8
+    for renamed_at, returned_at in writes:
+        # an fsync of the directory that began after this rename and ended before the write returned
+        assert any(renamed_at <= s0 and s1 <= returned_at for s0, s1 in syncs), (renamed_at, returned_at, syncs)
+
+
+def test_writers_that_rename_meanwhile_share_one_directory_fsync(tmp_path, monkeypatch):
+    """Twin: the guarantee above does not need one fsync per write; 8 writers
+    renaming while an fsync runs share the next one."""
+    writes, syncs = _writes_with_slow_dir_fsync(tmp_path, monkeypatch, 8)
+    assert len(writes) == 8
+    assert len(syncs) < 8, syncs
