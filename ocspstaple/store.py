@@ -245,6 +245,19 @@ class Dirs:
             if not keep:
                 os.close(fd)
 
+    def held(self, directory: str) -> int | None:
+        """The checked descriptor of ``directory`` when this run has it
+        already (TrustError when it was refused); None: reach it with at().
+        Without a context manager: a no-op run asks this for three files of
+        every staple."""
+        if not self._cache:
+            return None
+        with self._lock:
+            got = self._fds.get(directory or ".")
+        if isinstance(got, TrustError):
+            raise TrustError(str(got))
+        return got
+
     def close(self) -> None:
         with self._lock:
             fds, self._fds = self._fds, {}
@@ -359,15 +372,61 @@ def _checked_open(fd: int) -> int:
 
 def read_owned(path: Path | str, limit: int, *, follow: bool = True,
                dirs: Dirs | None = None) -> tuple[bytes, os.stat_result]:
-    """A file we write (a staple, a state record), read through located():
-    its directory checked, no foreign symlink followed (none at all without
-    ``follow``), only a regular file opened, without blocking.  The bytes (up
-    to ``limit``) and the file's stat.  OSError as open() raises."""
-    with located(path, follow=follow, dirs=dirs) as (dfd, name, _):
-        _regular(os.stat(name, dir_fd=dfd, follow_symlinks=False))
-        fd = _checked_open(os.open(name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dfd))
-    info = os.fstat(fd)
+    """A file we write (a staple, a state record), reached as located()
+    reaches it: its directory checked, no foreign symlink followed (none at
+    all without ``follow``), only a regular file opened, without blocking.
+    The bytes (up to ``limit``) and the file's stat.  OSError as open() raises."""
+    fd, info, _ = open_owned(path, follow=follow, dirs=dirs)
     return read_fd(fd, limit), info
+
+
+def open_owned(path: Path | str, *, follow: bool, dirs: Dirs | None = None) -> tuple[int, os.stat_result, str]:
+    """A descriptor of the regular file ``path`` names, reached as located()
+    reaches it, its fstat, and the path of the file opened (the target of a
+    symlink followed, as target_file() names it).
+
+    located()'s walk without its context managers, and with one stat before
+    the open (that refuses a FIFO or a device unopened; a symlink's is the
+    one that follows it) and one fstat after (that refuses a file swapped in
+    between): a no-op run reads a staple and its state record this way for
+    every staple.  OSError as open() raises; TrustError for a foreign link or
+    directory."""
+    dirs = dirs or _UNCACHED
+    p = os.fspath(path)
+    for _ in range(MAX_LINKS):
+        head, name = os.path.split(p)
+        if not name or name in (".", ".."):
+            raise StoreError(f"{path} names a directory, not a file")
+        dfd = dirs.held(head)
+        if dfd is not None:
+            got = _open_in(dfd, name, p, follow=follow)
+        else:
+            with dirs.at(head) as dfd:
+                got = _open_in(dfd, name, p, follow=follow)
+        if isinstance(got, str):  # a symlink of ours: its target, as located() takes it
+            p = got if got.startswith("/") else os.path.join(head, got)
+            continue
+        try:
+            info = os.fstat(got)
+            _regular(info)
+        except BaseException:
+            os.close(got)
+            raise
+        return got, info, p
+    raise StoreError(f"{path}: too many levels of symbolic links")
+
+
+def _open_in(dfd: int, name: str, shown: str, *, follow: bool) -> int | str:
+    """A descriptor of the regular file ``name`` in ``dfd``; with ``follow``,
+    the target of a symlink there that root or we own instead (TrustError
+    for another's)."""
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if follow and stat.S_ISLNK(st.st_mode):
+        if not _trusted(st.st_uid):
+            raise _refuse_link(shown, st.st_uid)
+        return os.readlink(name, dir_fd=dfd)
+    _regular(st)
+    return os.open(name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dfd)
 
 
 def read_staple(path: Path, *, dirs: Dirs | None = None) -> bytes | None:
