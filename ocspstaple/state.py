@@ -178,10 +178,10 @@ def state_path(output: Path, state_dir: Path | None) -> Path:
     return Path(_state_file(output, state_dir))
 
 
-def _state_file(output: Path, state_dir: Path | None) -> str:
+def _state_file(output: Path, state_dir: Path | None, target: str | None = None) -> str:
     # In strings, not Paths: recall() runs for every staple of a no-op run.
     if state_dir is None:
-        head, name = os.path.split(target_file(output))
+        head, name = os.path.split(target or target_file(output))
         return os.path.join(head, f".{name}.state.json")
     key = hashlib.sha256(str(output.absolute()).encode()).hexdigest()[:16]
     return os.path.join(state_dir, f"{output.name}.{key}.json")
@@ -212,10 +212,12 @@ def load(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None) -> R
         return Record()
 
 
-def recall(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None) -> Checked | None:
+def recall(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None,
+           target: str | None = None) -> Checked | None:
     """Only the verdict of ``output``'s record (load() reads it all): None
-    when there is none, or the record is unreadable or not ours alone."""
-    path = _state_file(output, state_dir)
+    when there is none, or the record is unreadable or not ours alone.
+    ``target``: the file ``output`` names (store.target_file), when known."""
+    path = _state_file(output, state_dir, target)
     try:
         raw, ours = _read(path, dirs)
         if not ours:

@@ -431,10 +431,16 @@ def _open_in(dfd: int, name: str, shown: str, *, follow: bool) -> int | str:
 
 def read_staple(path: Path, *, dirs: Dirs | None = None) -> bytes | None:
     """Bytes of the staple at ``path``; None when it does not exist."""
+    return _read_staple(path, dirs)[0]
+
+
+def _read_staple(path: Path, dirs: Dirs | None) -> tuple[bytes | None, str | None]:
+    """read_staple's bytes, and the file they are from (see open_owned)."""
     try:
-        return read_owned(path, MAX_STAPLE_BYTES, dirs=dirs)[0]
+        fd, _, target = open_owned(path, follow=True, dirs=dirs)
+        return read_fd(fd, MAX_STAPLE_BYTES), target
     except FileNotFoundError:
-        return None
+        return None, None
     except IsADirectoryError:
         raise StoreError(f"output {path} is a directory") from None
     except NotRegularError as e:
@@ -498,10 +504,26 @@ class FileStore:
     def __init__(self, *, cache: bool = True) -> None:
         self.dirs = Dirs(cache=cache)
         self._temps = _TempListing(self.dirs)
+        #: output -> the file its last read in this run was from (target_file's
+        #: answer, found by the read's own walk); None: not kept (cache=False)
+        self._targets: dict[str, str] | None = {} if cache else None
 
     def read(self, path: Path) -> bytes | None:
         """The current staple's bytes, or None when there is none."""
-        return read_staple(path, dirs=self.dirs)
+        data, target = _read_staple(path, self.dirs)
+        if self._targets is not None and target is not None:
+            self._targets[os.fspath(path)] = target
+        return data
+
+    def target(self, path: Path) -> str:
+        """The file a write to ``path`` replaces (target_file): as the last
+        read of ``path`` in this run found it, without another lstat (a
+        no-op run looks beside it for the state record and for temp files)."""
+        if self._targets is not None:
+            got = self._targets.get(os.fspath(path))
+            if got is not None:
+                return got
+        return target_file(path)
 
     def lock(self, path: Path, *, timeout: float) -> contextlib.AbstractContextManager[None]:
         return lock_output(path, timeout=timeout, leftovers=self._temps.leftovers, dirs=self.dirs)
@@ -509,7 +531,7 @@ class FileStore:
     def leftovers(self, path: Path) -> list[Path]:
         """Temp files a killed run left beside ``path`` (as listed once per
         directory per run); taking the lock removes them."""
-        return self._temps.leftovers(path)
+        return self._temps.leftovers(path, self.target(path))
 
     def write(self, path: Path, data: bytes) -> None:
         atomic_write(path, data, dirs=self.dirs)
@@ -770,8 +792,9 @@ class _TempListing:
         self._lock = threading.Lock()
         self._names: dict[str, list[str]] = {}
 
-    def leftovers(self, path: Path) -> list[Path]:
-        directory, name = os.path.split(target_file(path))
+    def leftovers(self, path: Path, target: str | None = None) -> list[Path]:
+        """``target``: target_file(path), when known."""
+        directory, name = os.path.split(target or target_file(path))
         with self._lock:
             names = self._names.get(directory)
         if names is None:
