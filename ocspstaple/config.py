@@ -451,18 +451,18 @@ def check_files(staples: Sequence[Staple | BadEntry], *, config: Path | None = N
     certificate configured twice with one output is one staple, not a clash.
     """
     ids = _FileIds()
+    # Each staple with its certificate's and its output's key: each path looked up once.
+    found = [(st, ids.of(st.cert), ids.of(st.output)) for st in staples if isinstance(st, Staple)]
     taken: dict[tuple[object, ...], str] = {}
-    for st in staples:
-        if isinstance(st, Staple):
-            taken.setdefault(ids.of(st.cert), f"the certificate {st.cert}")
-            if st.issuer is not None:
-                taken.setdefault(ids.of(st.issuer), f"the issuer {st.issuer}")
+    for st, cert, _ in found:
+        taken.setdefault(cert, f"the certificate {st.cert}")
+        if st.issuer is not None:
+            taken.setdefault(ids.of(st.issuer), f"the issuer {st.issuer}")
     if config is not None:
         taken.setdefault(ids.of(config), f"the config file {config}")
     writers: dict[tuple[object, ...], dict[tuple[object, ...], str]] = {}
-    for st in staples:
-        if isinstance(st, Staple):
-            writers.setdefault(ids.of(st.output), {}).setdefault(ids.of(st.cert), str(st.cert))
+    for st, cert, output in found:
+        writers.setdefault(output, {}).setdefault(cert, str(st.cert))
     if metrics_file is not None:
         key = ids.of(metrics_file)
         clash = taken.get(key) or (f"the output of {', '.join(writers[key].values())}" if key in writers else None)
@@ -470,13 +470,14 @@ def check_files(staples: Sequence[Staple | BadEntry], *, config: Path | None = N
             raise InputError(f"the metrics file {metrics_file} is the same file as {clash}: writing it would "
                              "destroy that; give another metrics file")
     out: list[Staple | BadEntry] = []
+    keys = iter(found)
     for st in staples:
         if isinstance(st, BadEntry):
             out.append(st)
             continue
-        key = ids.of(st.output)
+        _, cert, key = next(keys)
         clash = taken.get(key)
-        others = [c for k, c in writers[key].items() if k != ids.of(st.cert)]
+        others = [c for c_key, c in writers[key].items() if c_key != cert]
         if clash is not None:
             out.append(BadEntry(name=st.name, reason=f"output {st.output} is the same file as {clash}: writing "
                                                      "the staple would destroy it; give another output"))
@@ -493,23 +494,29 @@ class _FileIds:
     """What makes two paths the same file, each path looked up once."""
 
     def __init__(self) -> None:
-        self._ids: dict[Path, tuple[object, ...]] = {}
+        #: by the path's text: a str hashes and compares in C, a Path in Python
+        self._ids: dict[str, tuple[object, ...]] = {}
         self._dirs: dict[str, str] = {}
         self._cwd = os.getcwd()
 
     def of(self, path: Path) -> tuple[object, ...]:
-        got = self._ids.get(path)
+        text = str(path)
+        got = self._ids.get(text)
         if got is None:
             try:
-                st = os.stat(path)
+                st = os.stat(text)
                 got = ("file", st.st_dev, st.st_ino)
             except OSError:  # not there (yet): its path, the directory's links resolved once
-                head, tail = os.path.split(os.path.normpath(os.path.join(self._cwd, path)))
+                head, tail = os.path.split(os.path.normpath(os.path.join(self._cwd, text)))
                 if head not in self._dirs:
                     self._dirs[head] = os.path.realpath(head)
                 got = ("path", os.path.join(self._dirs[head], tail))
-            self._ids[path] = got
+            self._ids[text] = got
         return got
+
+
+#: A control character: below 0x20, or DEL
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def check_output_name(output: Path, where: str) -> Path:
@@ -517,7 +524,7 @@ def check_output_name(output: Path, where: str) -> Path:
     changed staples one path a line ($OCSPSTAPLE_CHANGED), and a newline in
     a name (a certbot lineage may have one) would make two entries of one."""
     text = str(output)
-    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+    if _CONTROL.search(text):
         raise InputError(f"{where}: the output {text!r} holds a control character (a newline?): "
                          "$OCSPSTAPLE_CHANGED lists one path a line; give an output without one")
     return output

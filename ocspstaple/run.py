@@ -195,15 +195,19 @@ def _recalled(st: Staple, shared: Shared, *, clock: Clock, store: Store) -> Outc
     the certificate, issuer and staple are byte for byte what it checked, and
     the staple is usable now and not due; None: decide in full."""
     assert shared.recall is not None
-    checked = shared.recall(st)
-    if checked is None or leftovers(store, st.output):
-        return None
     try:
-        inputs = shared.inputs(st)
+        # The staple first: the walk that reads it finds the file it is
+        # (FileStore.target), beside which the record and temp files are.
         data = store.read(st.output)
+        if data is None:
+            return None
+        checked = shared.recall(st)
+        if checked is None or leftovers(store, st.output):
+            return None
+        inputs = shared.inputs(st)
     except (InputError, StoreError):
         return None  # said in full by the full decision
-    if data is None or checked_digest(st, inputs, data) != checked.digest:
+    if checked_digest(st, inputs, data) != checked.digest:
         return None
     r = checked.response
     staple = VerifiedResponse(  # replace(r, der=data), without its generic machinery
@@ -383,6 +387,7 @@ def execute(staples: Sequence[Staple | BadEntry], settings: RunSettings, *, prog
     started = time.monotonic()
     store = FileStore()
     dirs = store.dirs  # each directory reached and checked once per run
+    beside = settings.state_dir is None  # each state record beside its staple
     records = Records(staples, settings, clock, dirs)
 
     def done(o: Outcome) -> None:
@@ -393,7 +398,8 @@ def execute(staples: Sequence[Staple | BadEntry], settings: RunSettings, *, prog
     try:
         outcomes = refresh_all(staples, network=network, clock=clock, store=store, jobs=settings.jobs, on_done=done,
                                hold=lambda st: state.load(st.output, settings.state_dir, dirs=dirs).retry_after,
-                               recall=lambda st: state.recall(st.output, settings.state_dir, dirs=dirs),
+                               recall=lambda st: state.recall(st.output, settings.state_dir, dirs=dirs,
+                                                              target=store.target(st.output) if beside else None),
                                origins=origins, settled=records.save_locked)
     except KeyboardInterrupt:
         # Writes are atomic: whatever was interrupted left the staple as it was.

@@ -62,7 +62,7 @@ class Checked:
 
     @classmethod
     def from_json(cls, d: object) -> Checked:
-        """Raises ValueError or TypeError when ``d`` is not a verdict we wrote."""
+        """Raises ValueError, TypeError or KeyError when ``d`` is not a verdict we wrote."""
         if not isinstance(d, dict) or not isinstance(d["digest"], str) or not isinstance(d["must_staple"], bool):
             raise ValueError("bad checked")
         r = d["response"]
@@ -70,7 +70,7 @@ class Checked:
         if not isinstance(signer, str) or not (reason is None or isinstance(reason, str)):
             raise ValueError("bad checked response")
         response = VerifiedResponse(
-            der=b"", status=CertStatus(r["status"]), signer=signer, revocation_reason=reason,
+            der=b"", status=_STATUS[r["status"]], signer=signer, revocation_reason=reason,
             this_update=_utc(r["this_update"]), next_update=_utc_or_none(r["next_update"]),
             produced_at=_utc(r["produced_at"]), expires=_utc(r["expires"]),
             signer_not_before=_utc_or_none(r["signer_not_before"]),
@@ -78,10 +78,17 @@ class Checked:
         return cls(digest=d["digest"], response=response, must_staple=d["must_staple"])
 
 
+#: CertStatus by value, without the Enum call's machinery (KeyError: not a status)
+_STATUS = {s.value: s for s in CertStatus}
+_UTC = dt.timezone.utc
+_ZERO = dt.timedelta(0)
+
+
 def _utc(v: str) -> dt.datetime:
     """A time as Checked.to_json writes it (isoformat of a UTC time)."""
     t = dt.datetime.fromisoformat(v)
-    if t.utcoffset() != dt.timedelta(0):
+    # fromisoformat gives "+00:00" the timezone.utc singleton: the offset is asked only otherwise.
+    if t.tzinfo is not _UTC and t.utcoffset() != _ZERO:
         raise ValueError("not a UTC time")
     return t
 
@@ -171,10 +178,10 @@ def state_path(output: Path, state_dir: Path | None) -> Path:
     return Path(_state_file(output, state_dir))
 
 
-def _state_file(output: Path, state_dir: Path | None) -> str:
+def _state_file(output: Path, state_dir: Path | None, target: str | None = None) -> str:
     # In strings, not Paths: recall() runs for every staple of a no-op run.
     if state_dir is None:
-        head, name = os.path.split(target_file(output))
+        head, name = os.path.split(target or target_file(output))
         return os.path.join(head, f".{name}.state.json")
     key = hashlib.sha256(str(output.absolute()).encode()).hexdigest()[:16]
     return os.path.join(state_dir, f"{output.name}.{key}.json")
@@ -205,10 +212,12 @@ def load(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None) -> R
         return Record()
 
 
-def recall(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None) -> Checked | None:
+def recall(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None,
+           target: str | None = None) -> Checked | None:
     """Only the verdict of ``output``'s record (load() reads it all): None
-    when there is none, or the record is unreadable or not ours alone."""
-    path = _state_file(output, state_dir)
+    when there is none, or the record is unreadable or not ours alone.
+    ``target``: the file ``output`` names (store.target_file), when known."""
+    path = _state_file(output, state_dir, target)
     try:
         raw, ours = _read(path, dirs)
         if not ours:

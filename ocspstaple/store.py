@@ -245,6 +245,19 @@ class Dirs:
             if not keep:
                 os.close(fd)
 
+    def held(self, directory: str) -> int | None:
+        """The checked descriptor of ``directory`` when this run has it
+        already (TrustError when it was refused); None: reach it with at().
+        Without a context manager: a no-op run asks this for three files of
+        every staple."""
+        if not self._cache:
+            return None
+        with self._lock:
+            got = self._fds.get(directory or ".")
+        if isinstance(got, TrustError):
+            raise TrustError(str(got))
+        return got
+
     def close(self) -> None:
         with self._lock:
             fds, self._fds = self._fds, {}
@@ -359,23 +372,75 @@ def _checked_open(fd: int) -> int:
 
 def read_owned(path: Path | str, limit: int, *, follow: bool = True,
                dirs: Dirs | None = None) -> tuple[bytes, os.stat_result]:
-    """A file we write (a staple, a state record), read through located():
-    its directory checked, no foreign symlink followed (none at all without
-    ``follow``), only a regular file opened, without blocking.  The bytes (up
-    to ``limit``) and the file's stat.  OSError as open() raises."""
-    with located(path, follow=follow, dirs=dirs) as (dfd, name, _):
-        _regular(os.stat(name, dir_fd=dfd, follow_symlinks=False))
-        fd = _checked_open(os.open(name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dfd))
-    info = os.fstat(fd)
+    """A file we write (a staple, a state record), reached as located()
+    reaches it: its directory checked, no foreign symlink followed (none at
+    all without ``follow``), only a regular file opened, without blocking.
+    The bytes (up to ``limit``) and the file's stat.  OSError as open() raises."""
+    fd, info, _ = open_owned(path, follow=follow, dirs=dirs)
     return read_fd(fd, limit), info
+
+
+def open_owned(path: Path | str, *, follow: bool, dirs: Dirs | None = None) -> tuple[int, os.stat_result, str]:
+    """A descriptor of the regular file ``path`` names, reached as located()
+    reaches it, its fstat, and the path of the file opened (the target of a
+    symlink followed, as target_file() names it).
+
+    located()'s walk without its context managers, and with one stat before
+    the open (that refuses a FIFO or a device unopened; a symlink's is the
+    one that follows it) and one fstat after (that refuses a file swapped in
+    between): a no-op run reads a staple and its state record this way for
+    every staple.  OSError as open() raises; TrustError for a foreign link or
+    directory."""
+    dirs = dirs or _UNCACHED
+    p = os.fspath(path)
+    for _ in range(MAX_LINKS):
+        head, name = os.path.split(p)
+        if not name or name in (".", ".."):
+            raise StoreError(f"{path} names a directory, not a file")
+        dfd = dirs.held(head)
+        if dfd is not None:
+            got = _open_in(dfd, name, p, follow=follow)
+        else:
+            with dirs.at(head) as dfd:
+                got = _open_in(dfd, name, p, follow=follow)
+        if isinstance(got, str):  # a symlink of ours: its target, as located() takes it
+            p = got if got.startswith("/") else os.path.join(head, got)
+            continue
+        try:
+            info = os.fstat(got)
+            _regular(info)
+        except BaseException:
+            os.close(got)
+            raise
+        return got, info, p
+    raise StoreError(f"{path}: too many levels of symbolic links")
+
+
+def _open_in(dfd: int, name: str, shown: str, *, follow: bool) -> int | str:
+    """A descriptor of the regular file ``name`` in ``dfd``; with ``follow``,
+    the target of a symlink there that root or we own instead (TrustError
+    for another's)."""
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if follow and stat.S_ISLNK(st.st_mode):
+        if not _trusted(st.st_uid):
+            raise _refuse_link(shown, st.st_uid)
+        return os.readlink(name, dir_fd=dfd)
+    _regular(st)
+    return os.open(name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dfd)
 
 
 def read_staple(path: Path, *, dirs: Dirs | None = None) -> bytes | None:
     """Bytes of the staple at ``path``; None when it does not exist."""
+    return _read_staple(path, dirs)[0]
+
+
+def _read_staple(path: Path, dirs: Dirs | None) -> tuple[bytes | None, str | None]:
+    """read_staple's bytes, and the file they are from (see open_owned)."""
     try:
-        return read_owned(path, MAX_STAPLE_BYTES, dirs=dirs)[0]
+        fd, _, target = open_owned(path, follow=True, dirs=dirs)
+        return read_fd(fd, MAX_STAPLE_BYTES), target
     except FileNotFoundError:
-        return None
+        return None, None
     except IsADirectoryError:
         raise StoreError(f"output {path} is a directory") from None
     except NotRegularError as e:
@@ -439,10 +504,26 @@ class FileStore:
     def __init__(self, *, cache: bool = True) -> None:
         self.dirs = Dirs(cache=cache)
         self._temps = _TempListing(self.dirs)
+        #: output -> the file its last read in this run was from (target_file's
+        #: answer, found by the read's own walk); None: not kept (cache=False)
+        self._targets: dict[str, str] | None = {} if cache else None
 
     def read(self, path: Path) -> bytes | None:
         """The current staple's bytes, or None when there is none."""
-        return read_staple(path, dirs=self.dirs)
+        data, target = _read_staple(path, self.dirs)
+        if self._targets is not None and target is not None:
+            self._targets[os.fspath(path)] = target
+        return data
+
+    def target(self, path: Path) -> str:
+        """The file a write to ``path`` replaces (target_file): as the last
+        read of ``path`` in this run found it, without another lstat (a
+        no-op run looks beside it for the state record and for temp files)."""
+        if self._targets is not None:
+            got = self._targets.get(os.fspath(path))
+            if got is not None:
+                return got
+        return target_file(path)
 
     def lock(self, path: Path, *, timeout: float) -> contextlib.AbstractContextManager[None]:
         return lock_output(path, timeout=timeout, leftovers=self._temps.leftovers, dirs=self.dirs)
@@ -450,7 +531,7 @@ class FileStore:
     def leftovers(self, path: Path) -> list[Path]:
         """Temp files a killed run left beside ``path`` (as listed once per
         directory per run); taking the lock removes them."""
-        return self._temps.leftovers(path)
+        return self._temps.leftovers(path, self.target(path))
 
     def write(self, path: Path, data: bytes) -> None:
         atomic_write(path, data, dirs=self.dirs)
@@ -762,8 +843,9 @@ class _TempListing:
         self._lock = threading.Lock()
         self._names: dict[str, list[str]] = {}
 
-    def leftovers(self, path: Path) -> list[Path]:
-        directory, name = os.path.split(target_file(path))
+    def leftovers(self, path: Path, target: str | None = None) -> list[Path]:
+        """``target``: target_file(path), when known."""
+        directory, name = os.path.split(target or target_file(path))
         with self._lock:
             names = self._names.get(directory)
         if names is None:

@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -439,6 +440,86 @@ def test_reading_a_fifo_or_device_never_opens_it(tmp_path: Path):
             read()
         assert time.monotonic() - t0 < 5
     assert read_file(Path("/etc/hostname"), 100)  # twin: a regular file reads
+
+
+class Writer:
+    """A writer blocked in open(2) on a FIFO until some reader opens it: it
+    tells whether anyone opened the FIFO for reading, however briefly."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.opened = threading.Event()
+        self.thread = threading.Thread(target=self._open, daemon=True)
+        self.thread.start()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY)  # blocks until a reader opens the FIFO
+        self.opened.set()
+        os.close(fd)
+
+    def release(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # the twin: a reader does open it
+        assert self.opened.wait(5)
+        os.close(fd)
+        self.thread.join(5)
+
+
+def test_a_fifo_at_a_staple_or_record_is_never_opened_even_for_an_instant(tmp_path: Path):
+    """O_NONBLOCK alone would not wait, but would still open the FIFO (and
+    wake its writer): the stat before the open refuses it unopened."""
+    out = tmp_path / "site.der"
+    f = fifo(out)
+    writer = Writer(f)
+    with pytest.raises(TrustError, match="FIFO"):
+        read_staple(out)
+    assert read_file(Path("/etc/hostname"), 100)
+    os.mkfifo(state.state_path(out, None))
+    records = Writer(state.state_path(out, None))
+    assert state.recall(out, None) is None and state.load(out, None) == state.Record()
+    with pytest.raises(OSError, match="FIFO"):
+        read_file(f, 100)
+    time.sleep(0.2)
+    assert not writer.opened.is_set() and not records.opened.is_set()
+    writer.release()
+    records.release()
+
+
+def test_a_fifo_swapped_in_between_the_stat_and_the_open_is_refused(tmp_path: Path, monkeypatch):
+    """The race the fstat after the open is for: a regular file when looked
+    at, a FIFO (renamed over it) when opened: refused, without waiting.
+    Twin: without the swap the same read returns the staple."""
+    out = tmp_path / "site.der"
+    out.write_bytes(b"staple")
+    assert read_staple(out) == b"staple"
+    swap = fifo(tmp_path / "swap")
+    real_open = os.open
+
+    def swapping_open(path, flags, *args, **kw):
+        if path == out.name and swap.exists():
+            os.replace(swap, out)
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", swapping_open)
+    t0 = time.monotonic()
+    with pytest.raises(TrustError, match="FIFO"):
+        read_staple(out)
+    assert time.monotonic() - t0 < 5
+    assert stat.S_ISFIFO(out.lstat().st_mode)
+
+
+@needs_root
+def test_a_staple_is_not_read_through_a_foreign_symlink(arena: Path, victim: Path, mallory: User):
+    """Reading follows no link another user could have planted, as writing
+    does not (spec, "Trust on the local disk"). Twin: the link of root's is
+    followed."""
+    www = subdir(arena, "www")
+    link = www / "site.der"
+    link.symlink_to(victim)
+    mallory.owns(link)
+    with pytest.raises(TrustError, match=f"{link} is a symlink owned by uid {mallory.uid}"):
+        read_staple(link)
+    os.lchown(link, 0, 0)
+    assert read_staple(link) == victim.read_bytes()
 
 
 # -- state records: believed only from a regular file of ours, reached without a link ----------------

@@ -603,3 +603,40 @@ def test_cli_uses_the_recorded_verdict_only_from_a_record_of_ours(site: Site, re
     assert_silent_success(cli_refresh(site))  # due by its own bytes; nothing newer: UNCHANGED
     assert responder.requests > asked
     assert site.output.read_bytes() == body
+
+
+@pytest.mark.parametrize("where", ["beside the target", "beside the link"])
+def test_cli_recalls_a_symlinked_output_from_the_record_beside_its_target(site: Site, responder: Responder,
+                                                                         ca: CA, tmp_path: Path, where: str):
+    """A staple reached through a symlink of ours has its record beside the
+    file the link names (state.state_path); the shortcut finds it there from
+    the staple's own read (FileStore.target), with no link resolved again.
+    As above, a due staple with an edited, longer verdict shows whether the
+    record was recalled.  Twin: the same record beside the link is not the
+    staple's record, and the due staple is asked for."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    target = archive / "site1.der"
+    link = site.output
+    link.symlink_to(target)
+    t = dt.datetime.now(UTC).replace(microsecond=0)
+    body = ca.respond(site.leaf.cert, this_update=t - 3 * DAY, next_update=t + DAY)
+    responder.serve(body)
+    assert_silent_success(cli_refresh(site))
+    assert link.is_symlink() and target.read_bytes() == body
+    record = archive / ".site1.der.state.json"
+    assert state.state_path(link, None) == record and not record_of(site).exists()
+    d = json.loads(record.read_text())
+    later = (t + 10 * DAY).isoformat()
+    d["checked"]["response"].update(next_update=later, expires=later)
+    record.write_text(json.dumps(d))
+    if where == "beside the link":
+        record.rename(record_of(site))
+    asked = responder.requests
+
+    assert_silent_success(cli_refresh(site))
+    if where == "beside the target":
+        assert responder.requests == asked  # FRESH by the edited verdict: recalled
+    else:
+        assert responder.requests > asked  # due by its own bytes: asked (nothing newer: UNCHANGED)
+    assert link.is_symlink() and target.read_bytes() == body
