@@ -471,22 +471,23 @@ def check_files(staples: Sequence[Staple | BadEntry], *, config: Path | None = N
                              "destroy that; give another metrics file")
     out: list[Staple | BadEntry] = []
     keys = iter(found)
-    for st in staples:
-        if isinstance(st, BadEntry):
-            out.append(st)
+    for entry in staples:
+        if isinstance(entry, BadEntry):
+            out.append(entry)
             continue
         _, cert, key = next(keys)
         clash = taken.get(key)
         others = [c for c_key, c in writers[key].items() if c_key != cert]
         if clash is not None:
-            out.append(BadEntry(name=st.name, reason=f"output {st.output} is the same file as {clash}: writing "
-                                                     "the staple would destroy it; give another output"))
+            out.append(BadEntry(name=entry.name, reason=f"output {entry.output} is the same file as {clash}: "
+                                                        "writing the staple would destroy it; give another output"))
         elif others:
-            out.append(BadEntry(name=st.name, reason=f"output {st.output} is also the output of {', '.join(others)}: "
-                                                     "each run would replace one certificate's staple with "
-                                                     "another's; give each its own output"))
+            out.append(BadEntry(name=entry.name, reason=f"output {entry.output} is also the output of "
+                                                        f"{', '.join(others)}: each run would replace one "
+                                                        "certificate's staple with another's; give each its own "
+                                                        "output"))
         else:
-            out.append(st)
+            out.append(entry)
     return out
 
 

@@ -227,7 +227,8 @@ def test_lock_removes_temp_files_of_a_dead_run(tmp_path):
 
 # -- the directory fsync, shared by writers that rename meanwhile ---------------------
 
-def _writes_with_slow_dir_fsync(tmp_path, monkeypatch, n: int) -> tuple[list[tuple[str, float]], list[tuple[float, float]]]:
+def _writes_with_slow_dir_fsync(tmp_path, monkeypatch, n: int) -> tuple[list[tuple[float, float]],
+                                                                        list[tuple[float, float]]]:
     """``n`` threads write a file each into one directory at once, with an
     fsync that takes 30 ms; each write's (rename time, return time) and each
     directory fsync's (start, end)."""
