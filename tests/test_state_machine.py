@@ -123,9 +123,10 @@ class StapleMachine(RuleBasedStateMachine):
         if fetched and isinstance(answer, Body) and answer.valid_at(now):
             revoked_on_disk = before is not None and before.signed_properly and before.status == "revoked"
             final = revoked_on_disk and answer.status == "good"
+            # A validly signed revocation replaces a good staple whatever its
+            # thisUpdate (spec: an older "revoked" is never refused as a replay).
             fresher = usable is None or answer.this_update > usable.this_update or (
-                answer.this_update == usable.this_update and answer.status == "revoked"
-                and usable.status == "good")
+                answer.status == "revoked" and usable.status == "good")
             if not final:
                 self.best_fetched.append(answer)
             if fresher and not final:
@@ -218,8 +219,12 @@ class StapleMachine(RuleBasedStateMachine):
     @invariant()
     def never_older_than_the_best_valid_response_seen(self) -> None:
         still_usable = [b for b in self.best_fetched if b.usable_at(self.now)]
+        disk = self._on_disk()
+        if disk is not None and disk.status == "revoked":
+            # A revocation replaces a good staple whatever its thisUpdate
+            # (spec); it is still never older than the best revocation seen.
+            still_usable = [b for b in still_usable if b.status == "revoked"]
         if still_usable:
-            disk = self._on_disk()
             assert disk is not None
             assert disk.this_update >= max(b.this_update for b in still_usable), disk
 
