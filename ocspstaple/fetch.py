@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import email.utils
+import functools
 import logging
 import os
 import queue
@@ -101,11 +102,18 @@ class Fetched:
     @property
     def date(self) -> dt.datetime | None:
         """The HTTP Date header: the responder's clock."""
-        try:
-            d = email.utils.parsedate_to_datetime(self.headers.get("date", ""))
-        except (TypeError, ValueError):
-            return None
-        return d if d.tzinfo is not None else None
+        return _http_date(self.headers.get("date", ""))
+
+
+@functools.lru_cache(maxsize=64)
+def _http_date(text: str) -> dt.datetime | None:
+    # Cached: a run's answers carry the same few Date values (one a second),
+    # and email.utils parses each in Python.
+    try:
+        d = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return d if d.tzinfo is not None else None
 
 
 def fetch(transport: Transport, url: str, request: bytes, *, uncached: bool = False) -> Fetched:
@@ -230,7 +238,12 @@ def _how(kinds: list[str]) -> str:
 
 def origin_of(url: str) -> str:
     """``scheme://host:port`` of a URL, the port always given."""
-    scheme, host, port = _origin_key(url)
+    return _origin_text(_head(url))
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_text(head: str) -> str:
+    scheme, host, port = _origin_key(head)
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
@@ -295,7 +308,27 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _head(url: str) -> str:
+    """``scheme://netloc`` of a URL, cut where urlsplit ends the netloc: the
+    origin of every request to a responder is worked out once (a GET URL
+    carries the whole request, so no two URLs are alike)."""
+    start = url.find("//")
+    if start < 0:
+        return url
+    end = len(url)
+    for c in "/?#":
+        i = url.find(c, start + 2)
+        if 0 <= i < end:
+            end = i
+    return url[:end]
+
+
 def _origin_key(url: str) -> tuple[str, str, int | None]:
+    return _origin_key_of(_head(url))
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_key_of(url: str) -> tuple[str, str, int | None]:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     try:

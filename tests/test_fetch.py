@@ -6,6 +6,8 @@ import time
 import urllib.parse
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pki import unsuccessful
 from responder import Reply, Responder
 
@@ -222,3 +224,39 @@ def test_transport_no_proxy_bypasses_the_env_proxy_for_its_origin_only(server, m
     assert server.seen[-1].path == "/"  # origin-form: not a proxy request
     with pytest.raises(FetchError, match="proxy"):
         t.get("http://ocsp.invalid/abc")
+
+
+# A request's origin is worked out from the URL's head alone (cached): it must
+# be what urlsplit makes of the whole URL, whatever the URL.
+
+def _origin_by_urlsplit(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+_URL_PIECES = st.sampled_from(["http", "HTTPS", "ftp", "", ":", "//", "/", "?", "#", "@", "[::1]", "]", "[",
+                               "ocsp.test", "OCSP.Test", ":8080", ":x", "user:pw@", "a", "%2F", "//x"])
+
+
+@given(st.lists(_URL_PIECES, max_size=10).map("".join) | st.text(max_size=40))
+def test_origin_of_a_url_is_that_of_urlsplit(url):
+    from ocspstaple.fetch import _origin_key
+
+    try:
+        expected = _origin_by_urlsplit(url)
+    except ValueError:  # urlsplit refuses it (a bad IPv6 literal): so does every request
+        return
+    assert _origin_key(url) == expected
+
+
+def test_origin_of_a_get_url_ignores_the_request_in_its_path():
+    """Twin: two GET URLs to one responder share an origin; another port does not."""
+    from ocspstaple.fetch import origin_of
+
+    assert origin_of("http://Ocsp.Test/MEQw%2B") == origin_of("http://ocsp.test:80/other") == "http://ocsp.test:80"
+    assert origin_of("http://ocsp.test:8080/MEQw%2B") == "http://ocsp.test:8080"
