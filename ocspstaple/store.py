@@ -269,6 +269,14 @@ class Dirs:
 _UNCACHED = Dirs(cache=False)
 
 
+def _file_in(path: Path | str, p: str) -> tuple[str, str]:
+    """(directory, name) of ``p``, the file ``path`` names (or a link's target)."""
+    head, name = os.path.split(p)
+    if not name or name in (".", ".."):
+        raise StoreError(f"{path} names a directory, not a file")
+    return head, name
+
+
 @contextlib.contextmanager
 def located(path: Path | str, *, follow: bool, dirs: Dirs | None = None) -> Iterator[tuple[int, str, str]]:
     """(directory descriptor, name, directory) of the file ``path`` names; the
@@ -279,9 +287,7 @@ def located(path: Path | str, *, follow: bool, dirs: Dirs | None = None) -> Iter
     dirs = dirs or _UNCACHED
     p = os.fspath(path)
     for _ in range(MAX_LINKS):
-        head, name = os.path.split(p)
-        if not name or name in (".", ".."):
-            raise StoreError(f"{path} names a directory, not a file")
+        head, name = _file_in(path, p)
         with dirs.at(head) as dfd:
             if follow:
                 try:
@@ -394,9 +400,7 @@ def open_owned(path: Path | str, *, follow: bool, dirs: Dirs | None = None) -> t
     dirs = dirs or _UNCACHED
     p = os.fspath(path)
     for _ in range(MAX_LINKS):
-        head, name = os.path.split(p)
-        if not name or name in (".", ".."):
-            raise StoreError(f"{path} names a directory, not a file")
+        head, name = _file_in(path, p)
         dfd = dirs.held(head)
         if dfd is not None:
             got = _open_in(dfd, name, p, follow=follow)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
 import subprocess
@@ -89,6 +90,18 @@ def examples(n: int) -> int:
     dev and ci (chosen to keep the whole suite under ten minutes), ten times
     that to explore."""
     return n * 10 if HYPOTHESIS_PROFILE == "explore" else n
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another open file description holds the flock of ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 class AnswerNetwork:

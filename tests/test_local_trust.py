@@ -9,7 +9,6 @@ elsewhere; the FIFO and same-file tests run as anyone.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
 import pwd
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Run, Site, assert_silent_success, one_line, run_cli
+from conftest import Run, Site, assert_silent_success, lock_held, one_line, run_cli
 from pki import CA, write_pem
 from responder import Responder
 
@@ -320,7 +319,7 @@ def test_a_lock_another_user_holds_is_replaced(here: Site, arena: Path, mallory:
     holder = mallory.popen("flock", "-s", lock, "sleep", "60")
     try:
         deadline = time.monotonic() + 10
-        while not held(lock):
+        while not lock_held(lock):
             assert time.monotonic() < deadline and holder.poll() is None, "the other user never took the lock"
             time.sleep(0.05)
         run = refresh("--cert", here.cert, "--output", out, "--lock-timeout", "5")
@@ -334,17 +333,6 @@ def test_a_lock_another_user_holds_is_replaced(here: Site, arena: Path, mallory:
     finally:
         holder.kill()
         holder.wait(10)
-
-
-def held(lock: Path) -> bool:
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def test_twin_a_lock_of_our_own_run_is_waited_for(site: Site):

@@ -4,13 +4,11 @@ real crypto, real filelock; only the network edge is fixed."""
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
-import os
 from pathlib import Path
 
 import filelock
 import pytest
-from conftest import AnswerNetwork
+from conftest import AnswerNetwork, lock_held
 from pki import CA, DAY, HOUR, write_pem
 
 from ocspstaple import state
@@ -38,30 +36,18 @@ def due(tmp_path: Path, ca: CA) -> tuple[Staple, bytes]:
     return st, ca.respond(leaf.cert, this_update=T0 - HOUR, next_update=T0 + 4 * DAY)
 
 
-def held_elsewhere(path: Path) -> bool:
-    """Whether another open file description holds the flock of ``path``."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def test_settled_runs_while_the_staple_lock_is_held(due):
     st, body = due
     seen: list[tuple[Result, bool]] = []
 
     def settled(o: Outcome) -> None:
-        seen.append((o.result, held_elsewhere(lock_path(st.output))))
+        seen.append((o.result, lock_held(lock_path(st.output))))
 
     [o] = refresh_all([st], network=AnswerNetwork(body), clock=lambda: T0, store=FileStore(), settled=settled)
     assert o.result is Result.WRITTEN
     assert seen == [(Result.WRITTEN, True)]
     # Twin: once the run is over, nobody holds it.
-    assert not held_elsewhere(lock_path(st.output))
+    assert not lock_held(lock_path(st.output))
 
 
 def test_a_fresh_staple_settles_nothing(due):
