@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from responder import Responder  # noqa: E402
 import ocspstaple.certs  # noqa: E402
 import ocspstaple.validate  # noqa: E402
 from ocspstaple import refresh  # noqa: E402
-from ocspstaple.fetch import HttpReply  # noqa: E402
+from ocspstaple.fetch import HostGates, HttpReply, HttpTransport, Origins  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,6 +127,27 @@ class AnswerNetwork:
 
     def post(self, url: str, body: bytes) -> HttpReply:
         return self._reply()
+
+
+class RealNetwork:
+    """A run's network as the CLI makes it: a real HttpTransport per
+    (timeout, proxy), sharing ``gates`` (default: the process's) and
+    ``origins`` (None: never cut off); the transports made, to close."""
+
+    def __init__(self, *, gates: HostGates | None = None, origins: Origins | None = None) -> None:
+        self.gates, self.origins = gates, origins
+        self.made: list[HttpTransport] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, timeout: float, proxy: str | None) -> HttpTransport:
+        with self.lock:
+            t = HttpTransport(timeout=timeout, proxy=proxy, gates=self.gates, origins=self.origins)
+            self.made.append(t)
+            return t
+
+    def close(self) -> None:
+        for t in self.made:
+            t.close()
 
 
 class NoNetwork:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import filelock
 import pytest
-from conftest import NoNetwork
+from conftest import NoNetwork, RealNetwork
 from pki import CA, DAY, HOUR, Issued, unsuccessful, write_pem
 from responder import Reply, Responder
 
 from ocspstaple.config import BadEntry, Staple
-from ocspstaple.fetch import MAX_PER_HOST, HostGates, HttpTransport
+from ocspstaple.fetch import MAX_PER_HOST, HostGates
 from ocspstaple.refresh import Result, exit_code
 from ocspstaple.run import refresh_all
 from ocspstaple.store import TEMP_SUFFIX, FileStore, lock_path
@@ -31,25 +31,6 @@ DELAY = 0.15  # every answer waits this long, so that requests overlap
 
 def now() -> dt.datetime:
     return dt.datetime.now(UTC)
-
-
-class Network:
-    """The CLI's network: one real HttpTransport per (timeout, proxy); counts them."""
-
-    def __init__(self, gates: HostGates | None = None) -> None:
-        self.gates = gates
-        self.made: list[HttpTransport] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, timeout: float, proxy: str | None) -> HttpTransport:
-        with self.lock:
-            t = HttpTransport(timeout=timeout, proxy=proxy, gates=self.gates)
-            self.made.append(t)
-            return t
-
-    def close(self) -> None:
-        for t in self.made:
-            t.close()
 
 
 class Fleet:
@@ -117,7 +98,7 @@ def run(staples, network, *, jobs: int | None = None, store=None):
     try:
         return refresh_all(staples, network=network, clock=now, store=store or FileStore(), jobs=jobs)
     finally:
-        if isinstance(network, Network):
+        if isinstance(network, RealNetwork):
             network.close()
 
 
@@ -161,7 +142,7 @@ def mixed(fleet: Fleet) -> tuple[list[Staple | BadEntry], list[Result]]:
 def test_many_certificates_with_mixed_faults_in_one_run(fleet: Fleet, responder: Responder):
     staples, expected = mixed(fleet)
     responder.reply_for = Gather(2, fleet._reply)
-    outcomes = run(staples, Network(), jobs=8)
+    outcomes = run(staples, RealNetwork(), jobs=8)
     assert [o.name for o in outcomes] == [st.name for st in staples]  # the order of `staples`
     assert [o.result for o in outcomes] == expected
     assert exit_code(outcomes) == 2
@@ -178,7 +159,7 @@ def test_many_certificates_with_mixed_faults_in_one_run(fleet: Fleet, responder:
 def test_twin_the_same_run_one_at_a_time_gives_the_same_outcomes(fleet: Fleet, responder: Responder):
     """Twin: the concurrency changed nothing but the overlap."""
     staples, expected = mixed(fleet)
-    outcomes = run(staples, Network(), jobs=1)
+    outcomes = run(staples, RealNetwork(), jobs=1)
     assert [o.result for o in outcomes] == expected
     assert responder.max_active == 1
 
@@ -187,7 +168,7 @@ def test_exit_code_of_a_concurrent_run_is_1_when_only_kept(fleet: Fleet):
     staples = [fleet.add(f"ok{i}")[0] for i in range(6)]
     st, leaf = fleet.add("kept", answer="tryLater")
     st.output.write_bytes(fleet.respond(leaf, age=3 * DAY))
-    outcomes = run([*staples, st], Network(), jobs=8)
+    outcomes = run([*staples, st], RealNetwork(), jobs=8)
     assert [o.result for o in outcomes] == [Result.WRITTEN] * 6 + [Result.KEPT]
     assert exit_code(outcomes) == 1
     assert exit_code(outcomes[:-1]) == 0  # twin: without the kept one, 0
@@ -214,7 +195,7 @@ def test_outcomes_come_back_in_input_order_not_completion_order(fleet: Fleet):
     log.addHandler(lines)
     log.setLevel(logging.INFO)
     try:
-        outcomes = run(staples, Network(), jobs=8)
+        outcomes = run(staples, RealNetwork(), jobs=8)
     finally:
         log.removeHandler(lines)
         log.setLevel(level)
@@ -230,7 +211,7 @@ def test_outcomes_come_back_in_input_order_not_completion_order(fleet: Fleet):
 def test_the_same_certificate_for_several_outputs_is_fetched_once(fleet: Fleet, responder: Responder):
     st, _ = fleet.add("shared")
     copies = [replace(st, name=f"shared-{i}", output=fleet.tmp / f"shared-{i}.ocsp") for i in range(4)]
-    outcomes = run(copies, Network(), jobs=8)
+    outcomes = run(copies, RealNetwork(), jobs=8)
     assert [o.result for o in outcomes] == [Result.WRITTEN] * 4
     assert responder.requests == 1
     bodies = {c.output.read_bytes() for c in copies}
@@ -239,7 +220,7 @@ def test_the_same_certificate_for_several_outputs_is_fetched_once(fleet: Fleet, 
 
 def test_twin_different_certificates_are_each_fetched(fleet: Fleet, responder: Responder):
     staples = [fleet.add(f"distinct{i}")[0] for i in range(4)]
-    outcomes = run(staples, Network(), jobs=8)
+    outcomes = run(staples, RealNetwork(), jobs=8)
     assert [o.result for o in outcomes] == [Result.WRITTEN] * 4
     assert responder.requests == 4
 
@@ -250,7 +231,7 @@ def test_a_shared_failure_is_each_staples_own_outcome(fleet: Fleet, responder: R
     kept = replace(st, name="with-staple", output=fleet.tmp / "with.ocsp")
     kept.output.write_bytes(fleet.respond(leaf, age=3 * DAY))
     bare = replace(st, name="without", output=fleet.tmp / "without.ocsp")
-    outcomes = run([kept, bare], Network(), jobs=8)
+    outcomes = run([kept, bare], RealNetwork(), jobs=8)
     assert [o.result for o in outcomes] == [Result.KEPT, Result.MISSING]
     assert responder.requests == 1
     assert "tryLater" in outcomes[0].message and "tryLater" in outcomes[1].message
@@ -261,7 +242,7 @@ def test_a_shared_failure_is_each_staples_own_outcome(fleet: Fleet, responder: R
 def test_the_per_host_cap_is_never_exceeded(fleet: Fleet, responder: Responder):
     staples = [fleet.add(f"cap{i}")[0] for i in range(3 * MAX_PER_HOST)]
     responder.reply_for = Gather(MAX_PER_HOST, fleet._reply)
-    outcomes = run(staples, Network(), jobs=4 * MAX_PER_HOST)
+    outcomes = run(staples, RealNetwork(), jobs=4 * MAX_PER_HOST)
     assert {o.result for o in outcomes} == {Result.WRITTEN}
     assert responder.max_active == MAX_PER_HOST  # reached, never passed
 
@@ -271,13 +252,13 @@ def test_twin_without_the_cap_the_counter_sees_more(fleet: Fleet, responder: Res
     counter above would have caught a cap that did nothing."""
     staples = [fleet.add(f"nocap{i}")[0] for i in range(3 * MAX_PER_HOST)]
     responder.reply_for = Gather(MAX_PER_HOST + 1, fleet._reply)
-    run(staples, Network(gates=HostGates(1000)), jobs=4 * MAX_PER_HOST)
+    run(staples, RealNetwork(gates=HostGates(1000)), jobs=4 * MAX_PER_HOST)
     assert responder.max_active > MAX_PER_HOST
 
 
 def test_twin_one_job_means_one_request_at_a_time(fleet: Fleet, responder: Responder):
     staples = [fleet.add(f"seq{i}")[0] for i in range(4)]
-    run(staples, Network(), jobs=1)
+    run(staples, RealNetwork(), jobs=1)
     assert responder.max_active == 1
 
 
@@ -291,7 +272,7 @@ def test_the_cap_is_per_host_and_holds_across_transports(fleet: Fleet, ca: CA, r
         for i in range(2 * MAX_PER_HOST):
             staples.append(fleet.add(f"a{i}", timeout=5 + i % 2)[0])
             staples.append(fleet.add(f"b{i}", urls=(other.url,), timeout=5 + i % 2)[0])
-        network = Network()
+        network = RealNetwork()
         outcomes = run(staples, network, jobs=4 * MAX_PER_HOST)
     assert {o.result for o in outcomes} == {Result.WRITTEN}
     assert len(network.made) == 2

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import RealNetwork, run_cli
 from pki import CA, DAY, HOUR, Issued, unsuccessful, write_pem
 from responder import BlackHole, Reply, Responder, closed_port
 
 from ocspstaple.config import Staple
-from ocspstaple.fetch import DOWN_AFTER, HttpTransport, Origins
+from ocspstaple.fetch import DOWN_AFTER, Origins
 from ocspstaple.refresh import Outcome, Result
 from ocspstaple.run import refresh_all
 from ocspstaple.store import FileStore
@@ -30,23 +30,6 @@ TIMEOUT = 0.5
 
 def now() -> dt.datetime:
     return dt.datetime.now(UTC)
-
-
-class Net:
-    """A run's network as the CLI makes it: transports sharing one Origins."""
-
-    def __init__(self) -> None:
-        self.origins = Origins()
-        self.made: list[HttpTransport] = []
-
-    def __call__(self, timeout: float, proxy: str | None) -> HttpTransport:
-        t = HttpTransport(timeout=timeout, proxy=proxy, origins=self.origins)
-        self.made.append(t)
-        return t
-
-    def close(self) -> None:
-        for t in self.made:
-            t.close()
 
 
 class Certs:
@@ -67,8 +50,8 @@ class Certs:
         return st
 
 
-def run(staples: list[Staple], *, jobs: int | None = 1) -> tuple[list[Outcome], Net, float]:
-    net = Net()
+def run(staples: list[Staple], *, jobs: int | None = 1) -> tuple[list[Outcome], RealNetwork, float]:
+    net = RealNetwork(origins=Origins())
     started = time.monotonic()
     try:
         outcomes = refresh_all(staples, network=net, clock=now, store=FileStore(), jobs=jobs, origins=net.origins)
