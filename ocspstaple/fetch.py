@@ -243,7 +243,7 @@ def origin_of(url: str) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _origin_text(head: str) -> str:
-    scheme, host, port = _origin_key(head)
+    scheme, host, port = _origin_key_of(head)
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"

@@ -217,7 +217,7 @@ def recall(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None,
     """Only the verdict of ``output``'s record (load() reads it all): None
     when there is none, or the record is unreadable or not ours alone.
     ``target``: the file ``output`` names (store.target_file), when known."""
-    path = _state_file(output, state_dir, target)
+    path = Path(_state_file(output, state_dir, target))
     try:
         raw, ours = _read(path, dirs)
         if not ours:
@@ -256,13 +256,15 @@ def save(output: Path, state_dir: Path | None, record: Record, *, lock_timeout: 
     which for thousands of staples in one directory would be quadratic.  In a
     state directory a killed run's temp file stays (it is a few hundred bytes).
     """
-    path = state_path(output, state_dir)
+    # The staple's file, resolved once for the record's path and its temp file's name.
+    target = target_file(output) if state_dir is None else None
+    path = Path(_state_file(output, state_dir, target))
+    prefix = f".{os.path.basename(target)}.state." if target is not None else None
     try:
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.nullcontext() if locked else lock_output(output, timeout=lock_timeout, leftovers=_none,
                                                                   dirs=dirs):
-            prefix = f".{os.path.basename(target_file(output))}.state." if state_dir is None else None
             # One line: with an indent, json encodes in Python, a tenth of a
             # written staple's CPU; `jq . FILE` shows it indented.
             # Not fsynced: losing the latest record to a power cut costs nothing.
