@@ -43,15 +43,26 @@ _CHUNK = 8192
 #: sent until its socket work has really ended, even when the caller has
 #: already given up at the deadline.
 MAX_PER_HOST = 8
-#: A run stops asking a responder origin after this many of its requests in a
-#: row failed at the network level (timed out, refused, reset) with no answer
-#: in between (see Origins).  Why 3: one lost connection or one slow moment
-#: is common and two in a row happen, but three with nothing answered between
-#: them is a responder that is down; and since up to MAX_PER_HOST requests to
-#: an origin are in flight at once, any N up to 8 costs the same wall time
-#: (one --timeout for a black hole), so a small N buys nothing but false
-#: cut-offs while a larger one only delays the verdict on a slow link.
-DOWN_AFTER = 3
+#: A run stops asking a responder origin that has not answered it yet after
+#: this many of its requests in a row failed at the network level (timed
+#: out, refused, reset) with no answer in between (see Origins): a whole
+#: window of requests in flight (MAX_PER_HOST), none answered.  Why not
+#: fewer: requests run 8 at once, and a reset comes back at once while an
+#: answer takes a round trip, so the failures of a responder that drops
+#: some connections arrive together, ahead of its answers; with 3, a
+#: responder that reset one connection in ten was cut off in about 7 runs
+#: in 100 before its first answer (a simulation of 8 slots, 50 ms answers,
+#: 1,000 requests).  Why not more: the 8 in flight to a black hole all time
+#: out together, so 8 costs it one --timeout, as 3 did (run one at a time,
+#: with --jobs 1, it costs 8).
+DOWN_AFTER = MAX_PER_HOST
+#: The same for an origin that has answered this run: it is known to be up,
+#: and failures between its answers are the flaky moments above, which come
+#: in streaks: with 3, the same responder was cut off in about 6 runs in 10
+#: after answering; with 16, in none of 2,000 runs even at three connections
+#: in ten.  One that dies mid-run costs two --timeouts (two windows) instead
+#: of one.
+DOWN_AFTER_ANSWERED = 2 * MAX_PER_HOST
 # Connections kept for reuse when all requests go through one proxy (every
 # responder then shares the proxy's pool): the most staples a run refreshes
 # at once (--jobs is at most 256).
@@ -191,28 +202,36 @@ class Origins:
 
     Thread-safe; one per run, shared by all its transports.  Only failures at
     the network level count (HttpTransport reports them: a timeout, a refused
-    or reset connection), and only ``after`` of them in a row: any answer
+    or reset connection), and only ``after`` of them in a row
+    (``after_answered`` once the origin has answered this run): any answer
     (even HTTP 500 or tryLater: the responder is alive) starts the count
     again.  An origin found down is not asked again this run: ``check``
     raises NotAskedError at once, so its remaining staples fail in
     milliseconds instead of a --timeout each.
     """
 
-    def __init__(self, after: int = DOWN_AFTER) -> None:
+    def __init__(self, after: int = DOWN_AFTER, after_answered: int = DOWN_AFTER_ANSWERED) -> None:
         self.after = max(1, after)
+        self.after_answered = max(self.after, after_answered)
         self._lock = threading.Lock()
         #: origin -> how the requests of the current streak of failures failed
         self._streaks: dict[str, list[str]] = {}
+        #: origins that have answered this run
+        self._answered: set[str] = set()
+
+    def _needed(self, origin: str) -> int:
+        return self.after_answered if origin in self._answered else self.after
 
     def check(self, url: str) -> None:
         """NotAskedError when ``url``'s origin is down."""
         origin = origin_of(url)
         with self._lock:
             streak = self._streaks.get(origin)
-            if streak is None or len(streak) < self.after:
+            needed = self._needed(origin)
+            if streak is None or len(streak) < needed:
                 return
-            why = _how(streak[-self.after:])
-        raise NotAskedError(f"not asked: the last {self.after} requests to {origin} {why} this run", origin)
+            why = _how(streak[-needed:])
+        raise NotAskedError(f"not asked: the last {needed} requests to {origin} {why} this run", origin)
 
     def failed(self, url: str, how: str) -> None:
         """A request to ``url`` got no answer: ``how`` ("timed out", "were refused", ...)."""
@@ -223,12 +242,14 @@ class Origins:
         origin = origin_of(url)
         with self._lock:
             self._streaks.pop(origin, None)
+            self._answered.add(origin)
 
     def down(self) -> dict[str, str]:
-        """The origins down now, each with words on how: "its last 3 requests timed out"."""
+        """The origins down now, each with words on how: "its last 8 requests timed out"."""
         with self._lock:
-            return {o: f"its last {self.after} requests {_how(s[-self.after:])}"
-                    for o, s in self._streaks.items() if len(s) >= self.after}
+            needed = {o: self._needed(o) for o in self._streaks}
+            return {o: f"its last {needed[o]} requests {_how(s[-needed[o]:])}"
+                    for o, s in self._streaks.items() if len(s) >= needed[o]}
 
 
 def _how(kinds: list[str]) -> str:
