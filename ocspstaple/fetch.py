@@ -49,19 +49,19 @@ MAX_PER_HOST = 8
 #: window of requests in flight (MAX_PER_HOST), none answered.  Why not
 #: fewer: requests run 8 at once, and a reset comes back at once while an
 #: answer takes a round trip, so the failures of a responder that drops
-#: some connections arrive together, ahead of its answers; with 3, a
-#: responder that reset one connection in ten was cut off in about 7 runs
-#: in 100 before its first answer (a simulation of 8 slots, 50 ms answers,
-#: 1,000 requests).  Why not more: the 8 in flight to a black hole all time
-#: out together, so 8 costs it one --timeout, as 3 did (run one at a time,
-#: with --jobs 1, it costs 8).
+#: some connections arrive together, ahead of its answers.  In the model of
+#: tests/test_dead_responders.py (8 in flight, answers after 50 ms, resets
+#: after 1 ms, 1,000 requests), a responder that resets one connection in
+#: ten was cut off in 137 runs of 200 with 3 failures in a row, and in none
+#: with 8 (16 after an answer, below).  Why not more: the 8 in flight to a
+#: black hole all time out together, so 8 costs it one --timeout, as 3 did
+#: (run one at a time, with --jobs 1, it costs 8).
 DOWN_AFTER = MAX_PER_HOST
 #: The same for an origin that has answered this run: it is known to be up,
-#: and failures between its answers are the flaky moments above, which come
-#: in streaks: with 3, the same responder was cut off in about 6 runs in 10
-#: after answering; with 16, in none of 2,000 runs even at three connections
-#: in ten.  One that dies mid-run costs two --timeouts (two windows) instead
-#: of one.
+#: and the failures between its answers are the streaks above.  In the same
+#: model, at three resets in ten, 8 either way cut it off in 22 runs of 200,
+#: 8 and then 16 in 9.  One that dies mid-run costs two --timeouts (two
+#: windows) instead of one.
 DOWN_AFTER_ANSWERED = 2 * MAX_PER_HOST
 # Connections kept for reuse when all requests go through one proxy (every
 # responder then shares the proxy's pool): the most staples a run refreshes
