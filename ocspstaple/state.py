@@ -172,19 +172,15 @@ def _time(v: object) -> dt.datetime | None:
     return t
 
 
-def state_path(output: Path, state_dir: Path | None) -> Path:
+def state_path(output: Path, state_dir: Path | None, target: str | None = None) -> Path:
     """Where the record of ``output`` lives: beside the file the staple is
-    (for a symlinked output, beside the link's target)."""
-    return Path(_state_file(output, state_dir))
-
-
-def _state_file(output: Path, state_dir: Path | None, target: str | None = None) -> str:
-    # In strings, not Paths: recall() runs for every staple of a no-op run.
+    (for a symlinked output, beside the link's target; ``target``: that
+    file, store.target_file's answer, when known)."""
     if state_dir is None:
         head, name = os.path.split(target or target_file(output))
-        return os.path.join(head, f".{name}.state.json")
+        return Path(head, f".{name}.state.json")
     key = hashlib.sha256(str(output.absolute()).encode()).hexdigest()[:16]
-    return os.path.join(state_dir, f"{output.name}.{key}.json")
+    return Path(state_dir, f"{output.name}.{key}.json")
 
 
 def load(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None) -> Record:
@@ -217,7 +213,7 @@ def recall(output: Path, state_dir: Path | None, *, dirs: Dirs | None = None,
     """Only the verdict of ``output``'s record (load() reads it all): None
     when there is none, or the record is unreadable or not ours alone.
     ``target``: the file ``output`` names (store.target_file), when known."""
-    path = Path(_state_file(output, state_dir, target))
+    path = state_path(output, state_dir, target)
     try:
         raw, ours = _read(path, dirs)
         if not ours:
@@ -258,7 +254,7 @@ def save(output: Path, state_dir: Path | None, record: Record, *, lock_timeout: 
     """
     # The staple's file, resolved once for the record's path and its temp file's name.
     target = target_file(output) if state_dir is None else None
-    path = Path(_state_file(output, state_dir, target))
+    path = state_path(output, state_dir, target)
     prefix = f".{os.path.basename(target)}.state." if target is not None else None
     try:
         if state_dir is not None:

@@ -192,6 +192,12 @@ def _trusted_link(dfd: int, name: str, shown: str, error: OSError) -> str:
     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
         raise error
+    return _link_target(dfd, name, shown, st)
+
+
+def _link_target(dfd: int, name: str, shown: str, st: os.stat_result) -> str:
+    """The target of the symlink ``name`` in ``dfd`` (``st``: its lstat) when
+    root or we own it; TrustError naming ``shown`` for another's."""
     if not _trusted(st.st_uid):
         raise _refuse_link(shown, st.st_uid)
     return os.readlink(name, dir_fd=dfd)
@@ -295,10 +301,7 @@ def located(path: Path | str, *, follow: bool, dirs: Dirs | None = None) -> Iter
                 except FileNotFoundError:
                     st = None
                 if st is not None and stat.S_ISLNK(st.st_mode):
-                    if not _trusted(st.st_uid):
-                        raise _refuse_link(p, st.st_uid)
-                    target = os.readlink(name, dir_fd=dfd)
-                    p = target if target.startswith("/") else os.path.join(head, target)
+                    p = os.path.join(head, _link_target(dfd, name, p, st))  # an absolute target replaces head
                     continue
             yield dfd, name, head or "."
             return
@@ -408,7 +411,7 @@ def open_owned(path: Path | str, *, follow: bool, dirs: Dirs | None = None) -> t
             with dirs.at(head) as dfd:
                 got = _open_in(dfd, name, p, follow=follow)
         if isinstance(got, str):  # a symlink of ours: its target, as located() takes it
-            p = got if got.startswith("/") else os.path.join(head, got)
+            p = os.path.join(head, got)
             continue
         try:
             info = os.fstat(got)
@@ -426,9 +429,7 @@ def _open_in(dfd: int, name: str, shown: str, *, follow: bool) -> int | str:
     for another's)."""
     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     if follow and stat.S_ISLNK(st.st_mode):
-        if not _trusted(st.st_uid):
-            raise _refuse_link(shown, st.st_uid)
-        return os.readlink(name, dir_fd=dfd)
+        return _link_target(dfd, name, shown, st)
     _regular(st)
     return os.open(name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dfd)
 
